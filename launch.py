@@ -1,0 +1,14 @@
+#!/usr/bin/env python
+"""ssd_jax command line: ``python launch.py <command> [options]``.
+
+A thin dispatcher: each command lives in ``ssd_jax/cli/<command>.py`` as ``main(argv)``.
+Run ``python launch.py --help`` for the list and ``python launch.py <command> --help``
+for a command's options.
+"""
+
+import sys
+
+from ssd_jax.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

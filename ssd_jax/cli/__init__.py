@@ -1,0 +1,34 @@
+"""Command dispatch for ``launch.py``: one module per command, each exposing ``main(argv)``.
+
+Commands are imported lazily, so ``inspect`` never pays for the training stack's imports.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+#: command name -> (module under ssd_jax.cli, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "inspect": ("inspect_cmd", "print the prior layout (and receptive fields) of a preset or config"),
+}
+
+
+def _usage() -> str:
+    width = max(len(c) for c in COMMANDS)
+    lines = ["usage: python launch.py <command> [options]", "", "commands:"]
+    lines += [f"  {name.ljust(width)}  {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "python launch.py <command> --help  shows a command's options"]
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(f"ssd_jax.cli.{COMMANDS[command][0]}")
+    return int(module.main(rest) or 0)
