@@ -21,6 +21,9 @@ from typing import Sequence
 import numpy as np
 
 
+_CLIP_MODES = ("all", "size", "none")
+
+
 def _as_tuple(values, cast=float) -> tuple:
     return tuple(cast(v) for v in values)
 
@@ -39,7 +42,10 @@ class PriorSpec:
         ``sqrt(min * max)``. Empty tuple: no second square.
       aspect_ratios: per map, the ratios r (> 0, != 1) whose boxes
         ``(s*sqrt(r), s/sqrt(r))`` and their transposes are added (s = min size).
-      clip: clip the generated ``(cx, cy, w, h)`` to [0, 1] (ssd.pytorch, torchvision).
+      clip: what is clamped to [0, 1]: ``"all"`` of ``(cx, cy, w, h)`` (ssd.pytorch,
+        lufficc/SSD), ``"size"`` only ``(w, h)`` (torchvision: SSD300's 10x10 map, step 32,
+        keeps its last centre at 1.0133), or ``"none"``. ``True``/``False`` mean
+        ``"all"``/``"none"``.
       name: label for tables and error messages.
     """
 
@@ -49,7 +55,7 @@ class PriorSpec:
     min_sizes: tuple[float, ...]
     max_sizes: tuple[float, ...]
     aspect_ratios: tuple[tuple[float, ...], ...]
-    clip: bool = True
+    clip: str | bool = "all"
     name: str = ""
 
     def __post_init__(self):
@@ -61,7 +67,11 @@ class PriorSpec:
         set_("min_sizes", _as_tuple(self.min_sizes))
         set_("max_sizes", _as_tuple(self.max_sizes))
         set_("aspect_ratios", tuple(_as_tuple(r) for r in self.aspect_ratios))
+        if isinstance(self.clip, bool):
+            set_("clip", "all" if self.clip else "none")
         label = f"PriorSpec {self.name!r}" if self.name else "PriorSpec"
+        if self.clip not in _CLIP_MODES:
+            raise ValueError(f"{label}: clip must be one of {_CLIP_MODES} or a bool, got {self.clip!r}")
         n = len(self.feature_sizes)
         if n == 0:
             raise ValueError(f"{label}: feature_sizes is empty")
@@ -96,7 +106,7 @@ class PriorSpec:
         scales: Sequence[float],
         aspect_ratios: Sequence[Sequence[float]],
         steps: Sequence[float] | None = None,
-        clip: bool = True,
+        clip: str | bool = "size",
         name: str = "",
     ) -> "PriorSpec":
         """Spec from relative scales, as torchvision's ``DefaultBoxGenerator``.
@@ -104,6 +114,7 @@ class PriorSpec:
         ``scales`` has one entry more than there are maps: map k's min size is
         ``scales[k] * image_size`` and its max size ``scales[k + 1] * image_size``.
         ``steps=None`` spaces the centres evenly: ``step = image_size / feature_size``.
+        ``clip`` defaults to torchvision's: sizes only.
         """
         if len(scales) != len(feature_sizes) + 1:
             raise ValueError(
@@ -168,8 +179,10 @@ def generate(spec: PriorSpec) -> np.ndarray:
         )  # [f*f*A, 4]: cell-major, box-minor
         per_map.append(boxes)
     priors = np.concatenate(per_map, axis=0)
-    if spec.clip:
+    if spec.clip == "all":
         priors = np.clip(priors, 0.0, 1.0)
+    elif spec.clip == "size":
+        priors[:, 2:] = np.clip(priors[:, 2:], 0.0, 1.0)
     return priors.astype(np.float32)
 
 
@@ -214,20 +227,21 @@ SSD300_VOC = PriorSpec(
     min_sizes=(30, 60, 111, 162, 213, 264),
     max_sizes=(60, 111, 162, 213, 264, 315),
     aspect_ratios=_RATIOS_6,
-    clip=True,
+    clip="all",
     name="SSD300_VOC",
 )
 
 #: SSD300 for COCO as torchvision's ``ssd300_vgg16``: ``DefaultBoxGenerator(
 #: [[2], [2, 3], [2, 3], [2, 3], [2], [2]], scales=[0.07, 0.15, 0.33, 0.51, 0.69, 0.87,
-#: 1.05], steps=[8, 16, 32, 64, 100, 300])`` (torchvision/models/detection/ssd.py).
+#: 1.05], steps=[8, 16, 32, 64, 100, 300])`` (torchvision/models/detection/ssd.py), whose
+#: ``clip=True`` clamps only the sizes (anchor_utils.py).
 SSD300_COCO = PriorSpec.from_scales(
     image_size=300,
     feature_sizes=(38, 19, 10, 5, 3, 1),
     scales=(0.07, 0.15, 0.33, 0.51, 0.69, 0.87, 1.05),
     aspect_ratios=_RATIOS_6,
     steps=(8, 16, 32, 64, 100, 300),
-    clip=True,
+    clip="size",
     name="SSD300_COCO",
 )
 
@@ -240,7 +254,7 @@ SSD512_VOC = PriorSpec(
     min_sizes=(35.84, 76.8, 153.6, 230.4, 307.2, 384.0, 460.8),
     max_sizes=(76.8, 153.6, 230.4, 307.2, 384.0, 460.8, 537.65),
     aspect_ratios=_RATIOS_7,
-    clip=True,
+    clip="all",
     name="SSD512_VOC",
 )
 
@@ -253,7 +267,7 @@ SSD512_COCO = PriorSpec(
     min_sizes=(20.48, 51.2, 133.12, 215.04, 296.96, 378.88, 460.8),
     max_sizes=(51.2, 133.12, 215.04, 296.96, 378.88, 460.8, 542.72),
     aspect_ratios=_RATIOS_7,
-    clip=True,
+    clip="all",
     name="SSD512_COCO",
 )
 

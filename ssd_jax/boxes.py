@@ -55,16 +55,36 @@ def iou(a: Array, b: Array) -> Array:
       ``[..., N, M]`` IoU in [0, 1]. Pairs whose union is empty (both boxes
       degenerate) and pairs with a degenerate box give 0, never NaN.
     """
-    area_a = area(a)[..., :, None]
-    area_b = area(b)[..., None, :]
-    top_left = jnp.maximum(a[..., :, None, :2], b[..., None, :, :2])
-    bottom_right = jnp.minimum(a[..., :, None, 2:], b[..., None, :, 2:])
-    wh = jnp.maximum(bottom_right - top_left, 0.0)
-    inter = wh[..., 0] * wh[..., 1]
+    ax0, ay0, ax1, ay1 = (c[..., :, None] for c in jnp.unstack(a, axis=-1))
+    bx0, by0, bx1, by1 = (c[..., None, :] for c in jnp.unstack(b, axis=-1))
+    area_a = jnp.maximum(ax1 - ax0, 0.0) * jnp.maximum(ay1 - ay0, 0.0)
+    area_b = jnp.maximum(bx1 - bx0, 0.0) * jnp.maximum(by1 - by0, 0.0)
+    inter = jnp.maximum(jnp.minimum(ax1, bx1) - jnp.maximum(ax0, bx0), 0.0) * jnp.maximum(
+        jnp.minimum(ay1, by1) - jnp.maximum(ay0, by0), 0.0
+    )
     union = area_a + area_b - inter
     # inter <= min(area_a, area_b), so union > 0 whenever inter > 0; where union is 0
     # the intersection is 0 too, and the safe denominator keeps the result 0.
     return inter / jnp.where(union > 0, union, 1.0)
+
+
+def encode_parts(
+    boxes: Sequence[Array], priors: Sequence[Array], variances: Sequence[float] = DEFAULT_VARIANCES
+) -> tuple[Array, Array, Array, Array]:
+    """:func:`encode` on coordinates given one array each: ``(x0, y0, x1, y1)`` boxes and
+    ``(cx, cy, w, h)`` priors (broadcastable) -> ``(dx, dy, dw, dh)``.
+
+    Working on separate coordinate arrays keeps XLA:CPU away from ``[..., 4]``-minor
+    layouts, which cost several times more on long prior axes.
+    """
+    v0, v1 = variances
+    x0, y0, x1, y1 = boxes
+    pcx, pcy, pw, ph = priors
+    dx = ((x0 + x1) / 2 - pcx) / (v0 * pw)
+    dy = ((y0 + y1) / 2 - pcy) / (v0 * ph)
+    dw = jnp.log((x1 - x0) / pw) / v1
+    dh = jnp.log((y1 - y0) / ph) / v1
+    return dx, dy, dw, dh
 
 
 def encode(
@@ -82,11 +102,8 @@ def encode(
     Returns:
       ``[..., 4]`` offsets ``(dx, dy, dw, dh)``.
     """
-    v0, v1 = variances
-    target = xyxy_to_cxcywh(boxes)
-    d_centre = (target[..., :2] - priors[..., :2]) / (v0 * priors[..., 2:])
-    d_size = jnp.log(target[..., 2:] / priors[..., 2:]) / v1
-    return jnp.concatenate([d_centre, d_size], axis=-1)
+    parts = encode_parts(jnp.unstack(boxes, axis=-1), jnp.unstack(priors, axis=-1), variances)
+    return jnp.stack(parts, axis=-1)
 
 
 def decode(
@@ -102,9 +119,13 @@ def decode(
     image: callers that need that use ``jnp.clip(boxes, 0, 1)``.
     """
     v0, v1 = variances
-    centre = priors[..., :2] + offsets[..., :2] * v0 * priors[..., 2:]
-    log_ratio = offsets[..., 2:] * v1
+    dx, dy, dw, dh = jnp.unstack(offsets, axis=-1)
+    pcx, pcy, pw, ph = jnp.unstack(priors, axis=-1)
+    cx = pcx + dx * v0 * pw
+    cy = pcy + dy * v0 * ph
+    log_w, log_h = dw * v1, dh * v1
     if max_log_size_ratio is not None:
-        log_ratio = jnp.minimum(log_ratio, max_log_size_ratio)
-    size = priors[..., 2:] * jnp.exp(log_ratio)
-    return cxcywh_to_xyxy(jnp.concatenate([centre, size], axis=-1))
+        log_w = jnp.minimum(log_w, max_log_size_ratio)
+        log_h = jnp.minimum(log_h, max_log_size_ratio)
+    half_w, half_h = pw * jnp.exp(log_w) / 2, ph * jnp.exp(log_h) / 2
+    return jnp.stack([cx - half_w, cy - half_h, cx + half_w, cy + half_h], axis=-1)
