@@ -68,25 +68,6 @@ def iou(a: Array, b: Array) -> Array:
     return inter / jnp.where(union > 0, union, 1.0)
 
 
-def encode_parts(
-    boxes: Sequence[Array], priors: Sequence[Array], variances: Sequence[float] = DEFAULT_VARIANCES
-) -> tuple[Array, Array, Array, Array]:
-    """:func:`encode` on coordinates given one array each: ``(x0, y0, x1, y1)`` boxes and
-    ``(cx, cy, w, h)`` priors (broadcastable) -> ``(dx, dy, dw, dh)``.
-
-    Working on separate coordinate arrays keeps XLA:CPU away from ``[..., 4]``-minor
-    layouts, which cost several times more on long prior axes.
-    """
-    v0, v1 = variances
-    x0, y0, x1, y1 = boxes
-    pcx, pcy, pw, ph = priors
-    dx = ((x0 + x1) / 2 - pcx) / (v0 * pw)
-    dy = ((y0 + y1) / 2 - pcy) / (v0 * ph)
-    dw = jnp.log((x1 - x0) / pw) / v1
-    dh = jnp.log((y1 - y0) / ph) / v1
-    return dx, dy, dw, dh
-
-
 def encode(
     boxes: Array, priors: Array, variances: Sequence[float] = DEFAULT_VARIANCES
 ) -> Array:
@@ -102,8 +83,50 @@ def encode(
     Returns:
       ``[..., 4]`` offsets ``(dx, dy, dw, dh)``.
     """
-    parts = encode_parts(jnp.unstack(boxes, axis=-1), jnp.unstack(priors, axis=-1), variances)
-    return jnp.stack(parts, axis=-1)
+    v0, v1 = variances
+    x0, y0, x1, y1 = jnp.unstack(boxes, axis=-1)
+    pcx, pcy, pw, ph = jnp.unstack(priors, axis=-1)
+    dx = ((x0 + x1) / 2 - pcx) / (v0 * pw)
+    dy = ((y0 + y1) / 2 - pcy) / (v0 * ph)
+    dw = jnp.log((x1 - x0) / pw) / v1
+    dh = jnp.log((y1 - y0) / ph) / v1
+    return jnp.stack([dx, dy, dw, dh], axis=-1)
+
+
+def encode_matched(
+    boxes: Array,
+    index: Array,
+    priors: Array,
+    variances: Sequence[float] = DEFAULT_VARIANCES,
+) -> Array:
+    """``encode(boxes[index], priors)`` for few boxes and many priors, as matching needs.
+
+    Centres and log sizes are computed once per box (``G`` logs, not ``P``), gathered,
+    and turned into offsets by an affine map per prior; on XLA:CPU this is twice as fast
+    as gathering rows and encoding them. Boxes of zero size get a finite log (their
+    offsets are garbage but never inf/NaN: callers mask them).
+
+    Args:
+      boxes: ``[G, 4]`` xyxy boxes.
+      index: ``[P]`` int, which box each prior encodes, in ``[0, G)``.
+      priors: ``[P, 4]`` (cx, cy, w, h) priors.
+
+    Returns:
+      ``[P, 4]`` offsets.
+    """
+    v0, v1 = variances
+    x0, y0, x1, y1 = jnp.unstack(boxes, axis=-1)
+    tiny = jnp.finfo(boxes.dtype).tiny
+    per_box = jnp.stack([
+        (x0 + x1) / 2, (y0 + y1) / 2,
+        jnp.log(jnp.maximum(x1 - x0, tiny)), jnp.log(jnp.maximum(y1 - y0, tiny)),
+    ])  # [4, G]
+    cx, cy, log_w, log_h = jnp.take(per_box, index, axis=1, mode="clip")  # each [P]
+    pcx, pcy, pw, ph = jnp.unstack(priors, axis=-1)
+    return jnp.stack([
+        (cx - pcx) / (v0 * pw), (cy - pcy) / (v0 * ph),
+        (log_w - jnp.log(pw)) / v1, (log_h - jnp.log(ph)) / v1,
+    ], axis=-1)
 
 
 def decode(

@@ -62,7 +62,6 @@ def match(
     num_gt = gt_boxes.shape[0]
     num_priors = priors.shape[0]
     real = gt_labels > 0  # [G]
-    prior_parts = jnp.unstack(priors, axis=-1)  # (cx, cy, w, h), each [P]
     overlaps = box_ops.iou(gt_boxes, box_ops.cxcywh_to_xyxy(priors))  # [G, P]
     # Padding slots get -1 so they are never any prior's best truth.
     overlaps = jnp.where(real[:, None], overlaps, -1.0)
@@ -85,14 +84,11 @@ def match(
     positive = is_forced | (best_truth_iou >= iou_threshold)
     labels = jnp.where(positive, gt_labels[matched], 0).astype(jnp.int32)
 
-    # Encode coordinate by coordinate ([P] arrays, no [P, 4]-minor work until the final
-    # stack). Background priors encode a unit box against a unit prior, so their
-    # offsets are exactly 0 and nothing reaches log(0) even for padding boxes.
-    matched_parts = [jnp.where(positive, c[matched], d) for c, d in
-                     zip(jnp.unstack(gt_boxes, axis=-1), (0.0, 0.0, 1.0, 1.0))]
-    safe_priors = [jnp.where(positive, c, d) for c, d in zip(prior_parts, (0.5, 0.5, 1.0, 1.0))]
-    loc_targets = jnp.stack(box_ops.encode_parts(matched_parts, safe_priors, variances), axis=-1)
-    return loc_targets.astype(jnp.float32), labels
+    # Background priors get offsets 0; encode_matched keeps them finite even when the
+    # matched slot is padding or degenerate, so nothing inf/NaN reaches the loss.
+    loc_targets = box_ops.encode_matched(gt_boxes, matched, priors, variances)
+    loc_targets = jnp.where(positive[:, None], loc_targets, 0.0).astype(jnp.float32)
+    return loc_targets, labels
 
 
 def match_batch(

@@ -149,3 +149,17 @@ def test_encode_decode_batched_under_jit():
     offsets = jax.jit(B.encode)(boxes, priors)
     assert offsets.shape == (4, 10, 4)
     np.testing.assert_allclose(jax.jit(B.decode)(offsets, priors), boxes, atol=2e-6)
+
+
+def test_encode_matched_equals_encode_of_gathered_boxes():
+    rng = np.random.default_rng(2)
+    boxes = _random_boxes(rng, (6,))
+    priors = B.xyxy_to_cxcywh(_random_boxes(rng, (40,)))
+    index = rng.integers(0, 6, 40)
+    np.testing.assert_allclose(
+        jax.jit(B.encode_matched)(boxes, index, priors), B.encode(boxes[index], priors),
+        rtol=1e-5, atol=1e-5,
+    )
+    # Zero-size boxes (padding) stay finite.
+    out = B.encode_matched(np.zeros((2, 4), np.float32), np.array([0, 1, 1]), priors[:3])
+    assert np.all(np.isfinite(out))
