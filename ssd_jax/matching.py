@@ -59,14 +59,19 @@ def match(
       background priors, always finite), and ``labels [P]`` int32: the truth's class
       for positive priors, 0 for background.
     """
+    if isinstance(iou_threshold, (int, float)) and not 0 < iou_threshold <= 1:
+        raise ValueError(f"iou_threshold must be in (0, 1], got {iou_threshold}")
     num_gt = gt_boxes.shape[0]
     num_priors = priors.shape[0]
     real = gt_labels > 0  # [G]
+    # Padding slots become empty boxes: IoU 0 with every prior, so they can never reach
+    # the threshold, and they claim no prior (below). Masking the [G] boxes is cheaper
+    # than masking the [G, P] overlaps.
+    gt_boxes = jnp.where(real[:, None], gt_boxes, 0.0)
     overlaps = box_ops.iou(gt_boxes, box_ops.cxcywh_to_xyxy(priors))  # [G, P]
-    # Padding slots get -1 so they are never any prior's best truth.
-    overlaps = jnp.where(real[:, None], overlaps, -1.0)
 
-    # Step 2 candidates: each prior's best truth (first on ties).
+    # Step 2 candidates: each prior's best truth (first on ties; a prior that overlaps
+    # nothing may point at a padding slot, but it is never positive).
     best_truth_iou = jnp.max(overlaps, axis=0)  # [P]
     best_truth = _first_argmax(overlaps, best_truth_iou, axis=0)  # [P]
 

@@ -170,3 +170,9 @@ def test_match_batch_equals_per_image_and_jit_equals_eager():
         ref_loc, ref_lab = reference_match(boxes[i], labels[i], priors)
         np.testing.assert_array_equal(lab[i], ref_lab)
         np.testing.assert_allclose(loc[i], ref_loc, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("threshold", [0.0, -0.1, 1.5])
+def test_threshold_outside_0_1_is_an_error(threshold):
+    with pytest.raises(ValueError, match="iou_threshold"):
+        _match([[0.1, 0.1, 0.2, 0.2]], [1], iou_threshold=threshold)
