@@ -350,7 +350,7 @@ def builtin_dataset_dir(
     Args:
       spec: what to generate.
       cache_dir: parent folder; default :func:`default_cache_dir`.
-      workers: generator processes (0: in this process); default ``min(4, cpu_count)``.
+      workers: generator processes (0: in this process); default ``min(4, usable CPUs)``.
       progress: show a progress bar while generating.
     """
     cache_dir = cache_dir or default_cache_dir()
@@ -358,7 +358,9 @@ def builtin_dataset_dir(
     if os.path.isdir(final):
         return final
     os.makedirs(cache_dir, exist_ok=True)
-    workers = min(4, os.cpu_count() or 1) if workers is None else workers
+    if workers is None:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        workers = min(4, cpus or 1)
     tmp = tempfile.mkdtemp(prefix=f".{spec.dirname}.partial-", dir=cache_dir)
     try:
         _generate(spec, os.path.join(tmp, "data"), workers, progress)
