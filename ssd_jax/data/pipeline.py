@@ -193,7 +193,7 @@ class _Monitor:
             return True
         self.skipped_images += 1
         logger.warning(
-            "%s: skipping record %d: %s (%d image(s) skipped so far)",
+            "%s: skipping record #%d of the source: %s (%d image(s) skipped so far)",
             self.source_name, element["record"], element["error"], self.skipped_images,
         )  # fmt: skip
         return False
@@ -202,7 +202,7 @@ class _Monitor:
         if element["dropped"]:
             self.dropped_objects += int(element["dropped"])
             logger.warning(
-                "%s: record %d has more than max_boxes=%d objects; dropped %d "
+                "%s: record #%d has more than max_boxes=%d objects; dropped %d "
                 "(%d object(s) dropped so far)",
                 self.source_name, element["record"], self.max_boxes, element["dropped"],
                 self.dropped_objects,
@@ -286,7 +286,7 @@ class _EvalLoader:
         except ImageLoadError as e:
             if c.strict:
                 raise
-            logger.warning("skipping eval record %d (marked not valid): %s", record_index, e)
+            logger.warning("skipping eval record #%d (marked not valid): %s", record_index, e)
             out = self._blank()
             out["index"] = np.int32(record_index)
             return out
@@ -296,7 +296,7 @@ class _EvalLoader:
         )
         if dropped:
             logger.warning(
-                "eval record %d has %d objects, more than max_boxes=%d: the batch carries the "
+                "eval record #%d has %d objects, more than max_boxes=%d: the batch carries the "
                 "first %d (evaluate against the source's records)",
                 record_index, record.num_objects, c.max_boxes, c.max_boxes,
             )  # fmt: skip

@@ -143,30 +143,36 @@ def check_boxes(
     invalid: ``policy="raise"`` raises ``ValueError`` naming ``where`` (file + record)
     and the box, ``"drop"`` logs a warning and marks it dropped.
     """
-    keep = np.ones(len(boxes), bool)
     tol = OUTSIDE_TOLERANCE_PX
-    for i, (x0, y0, x1, y1) in enumerate(boxes):
-        problem = None
-        if not np.all(np.isfinite(boxes[i])):
+    with np.errstate(invalid="ignore"):
+        finite = np.isfinite(boxes).all(axis=1)
+        inverted = ~((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1]))
+        outside = (
+            (boxes[:, 0] < -tol) | (boxes[:, 1] < -tol)
+            | (boxes[:, 2] > width + tol) | (boxes[:, 3] > height + tol)
+        )  # fmt: skip
+        ok = finite & ~inverted & ~outside
+        boxes[ok] = np.clip(boxes[ok], 0, np.asarray([width, height, width, height], boxes.dtype))
+        empty_after_clip = ok & ~((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1]))
+    keep = ok & ~empty_after_clip
+    for i in np.flatnonzero(~keep):  # only the bad boxes take the slow path
+        x0, y0, x1, y1 = boxes[i]
+        if not finite[i]:
             problem = "has non-finite coordinates"
-        elif x1 <= x0 or y1 <= y0:
+        elif inverted[i]:
             problem = "is empty or inverted (needs xmin < xmax and ymin < ymax)"
-        elif x0 < -tol or y0 < -tol or x1 > width + tol or y1 > height + tol:
+        elif outside[i]:
             problem = f"lies outside the {width}x{height} image"
-        if problem is None:
-            boxes[i] = np.clip(boxes[i], 0, [width, height, width, height])
-            if boxes[i, 2] <= boxes[i, 0] or boxes[i, 3] <= boxes[i, 1]:
-                problem = f"is empty once clipped to the {width}x{height} image"
-        if problem is not None:
-            what = f" ({object_names[i]})" if object_names is not None else ""
-            msg = (
-                f"{where}: object {i}{what} box (xmin, ymin, xmax, ymax) = "
-                f"({x0:g}, {y0:g}, {x1:g}, {y1:g}) pixels {problem}"
-            )
-            if policy == "raise":
-                raise ValueError(msg + " [pass invalid_boxes='drop' to skip such boxes]")
-            logger.warning("dropping invalid box: %s", msg)
-            keep[i] = False
+        else:
+            problem = f"is empty once clipped to the {width}x{height} image"
+        what = f" ({object_names[i]})" if object_names is not None else ""
+        msg = (
+            f"{where}: object {i}{what} box (xmin, ymin, xmax, ymax) = "
+            f"({x0:g}, {y0:g}, {x1:g}, {y1:g}) pixels {problem}"
+        )
+        if policy == "raise":
+            raise ValueError(msg + " [pass invalid_boxes='drop' to skip such boxes]")
+        logger.warning("dropping invalid box: %s", msg)
     return keep
 
 
