@@ -229,6 +229,8 @@ def train_dataset(
       A grain ``IterDataset``; ``iter()`` it for a ``DatasetIterator`` with
       ``get_state``/``set_state``. Batches: ``'image'`` [B, S, S, 3] float32,
       ``'boxes'`` [B, G, 4] float32 normalised xyxy, ``'labels'`` [B, G] int32.
+      With ``num_workers > 0`` call the iterator's ``close()`` when done (grain's advice:
+      it stops the worker processes and frees their shared memory).
     """
     pi, pc = _host(process_index, process_count)
     shard = shard_indices(len(source), pi, pc)
