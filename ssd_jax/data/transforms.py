@@ -1,0 +1,410 @@
+"""SSD training augmentation and input normalisation, in numpy.
+
+Every op is a pure function ``op(image, boxes, labels, rng, ...) -> (image, boxes, labels)``:
+
+* ``image``: ``[H, W, 3]`` uint8 RGB;
+* ``boxes``: ``[N, 4]`` float32 xyxy in **pixels** of that image (0-based continuous,
+  valid: ``0 <= xmin < xmax <= W``, ``0 <= ymin < ymax <= H``);
+* ``labels``: ``[N]`` int32 (any per-object array that must follow the boxes);
+* ``rng``: a ``numpy.random.Generator`` (the pipeline derives it from
+  (seed, record index, epoch)); deterministic ops accept and ignore it.
+
+Each op returns valid boxes inside its output image, and an image without boxes
+(``N = 0``) passes through every op. The order used for training (:func:`ssd_augment`)
+is the SSD paper's: photometric distortion -> zoom out (expand) -> min-IoU random crop
+-> horizontal flip; the pipeline then resizes and normalises. Evaluation only resizes
+and normalises.
+
+Departures from the PyTorch ports, on purpose:
+
+* the random crop really enforces its minimum-IoU constraint and offers 0.5
+  (ssd.pytorch's check ``overlap.min() < min_iou and max_iou < overlap.max()`` never
+  fires, and its option list omits 0.5);
+* the constraint is Caffe SSD's / torchvision's: at least one object whose centre lies
+  inside the patch has IoU >= min_iou with the patch;
+* a patch is sampled as in Caffe SSD: side scale ``s ~ U(0.3, 1)`` of the image and
+  aspect ``a`` (of the patch relative to the image, ``(w/W)/(h/H)``) uniform in
+  ``[max(0.5, s^2), min(2, 1/s^2)]`` so the patch always fits;
+* if none of the ``max_trials`` (50) patches satisfies the chosen constraint, the image
+  is returned uncropped (Caffe's behaviour); the ports instead loop until some
+  constraint succeeds, which is unbounded and silently favours the loose constraints;
+* photometric results are clipped to [0, 255] and saturation to [0, 1] after each step
+  (a uint8 image cannot hold anything else);
+* the ports' random channel swap ("lighting noise") is not included.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+
+Arrays = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+#: The crop choices of the SSD paper: ``None`` = keep the whole image.
+SSD_MIN_IOUS: tuple[float | None, ...] = (None, 0.1, 0.3, 0.5, 0.7, 0.9)
+
+
+# ---------------------------------------------------------------------------- normalisation
+
+
+@dataclasses.dataclass(frozen=True)
+class Normalization:
+    """Per-channel ``(x - mean) / std`` of a pretrained backbone's input convention.
+
+    ``mean`` and ``std`` are in the channel order the network sees: RGB, or BGR when
+    ``bgr`` is set (Caffe models).
+    """
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    bgr: bool = False
+
+    @property
+    def mean_rgb(self) -> tuple[float, float, float]:
+        """The mean in RGB order: the colour that normalises to 0 (zoom-out fill)."""
+        return tuple(self.mean[::-1]) if self.bgr else tuple(self.mean)
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        return normalize(image, self.mean, self.std, bgr=self.bgr)
+
+
+#: torchvision's ImageNet convention: RGB, mean (0.485, 0.456, 0.406) * 255,
+#: std (0.229, 0.224, 0.225) * 255.
+TORCHVISION_NORM = Normalization(
+    mean=(0.485 * 255, 0.456 * 255, 0.406 * 255), std=(0.229 * 255, 0.224 * 255, 0.225 * 255)
+)
+#: Caffe VGG16 (the original SSD weights): BGR, mean (104, 117, 123), std 1.
+CAFFE_VGG_NORM = Normalization(mean=(104.0, 117.0, 123.0), std=(1.0, 1.0, 1.0), bgr=True)
+
+
+def normalize(
+    image: np.ndarray, mean: Sequence[float], std: Sequence[float], *, bgr: bool = False
+) -> np.ndarray:
+    """``[..., 3]`` RGB image (uint8 or float, 0..255) -> float32 ``(x - mean) / std``.
+
+    With ``bgr`` the channels are reversed to BGR first, and ``mean``/``std`` are BGR.
+    """
+    x = np.asarray(image, np.float32)
+    if bgr:
+        x = x[..., ::-1]
+    return (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+
+
+# ---------------------------------------------------------------------------- box helpers
+
+
+def box_area(boxes: np.ndarray) -> np.ndarray:
+    """``[..., 4]`` xyxy -> ``[...]`` area (0 for inverted boxes)."""
+    wh = np.maximum(boxes[..., 2:] - boxes[..., :2], 0.0)
+    return wh[..., 0] * wh[..., 1]
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``[N, 4]``, ``[M, 4]`` xyxy -> ``[N, M]`` IoU (0 where the union is empty)."""
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    wh = np.maximum(rb - lt, 0.0)
+    inter = wh[..., 0] * wh[..., 1]
+    union = box_area(a)[:, None] + box_area(b)[None, :] - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+
+
+def boxes_valid(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
+    """``[N, 4]`` -> ``[N]`` bool: positive size and inside ``[0, W] x [0, H]``."""
+    b = np.asarray(boxes)
+    return (
+        (b[:, 0] >= 0) & (b[:, 1] >= 0) & (b[:, 2] <= width) & (b[:, 3] <= height)
+        & (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
+    )  # fmt: skip
+
+
+def flip_boxes(boxes: np.ndarray, width: float) -> np.ndarray:
+    """Mirror ``[N, 4]`` pixel boxes left-right in an image of ``width`` pixels."""
+    b = np.asarray(boxes, np.float32)
+    return np.stack([width - b[:, 2], b[:, 1], width - b[:, 0], b[:, 3]], axis=1).reshape(-1, 4)
+
+
+# ---------------------------------------------------------------------------- colour
+
+
+def rgb_to_hsv(rgb: np.ndarray) -> np.ndarray:
+    """``[..., 3]`` float RGB (0..255) -> HSV: H in degrees [0, 360), S in [0, 1], V 0..255."""
+    rgb = np.asarray(rgb, np.float32)
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    maxc = np.maximum(np.maximum(r, g), b)  # elementwise: much faster than max(axis=-1)
+    delta = maxc - np.minimum(np.minimum(r, g), b)
+    safe = np.where(delta > 0, delta, np.float32(1))
+    h = np.where(maxc == g, (b - r) / safe + 2, (r - g) / safe + 4)
+    h = np.where(maxc == r, ((g - b) / safe) % 6, h)
+    h = np.where(delta > 0, h * 60, 0)
+    s = delta / np.where(maxc > 0, maxc, np.float32(1))
+    return np.stack([h, s, maxc], axis=-1).astype(np.float32, copy=False)
+
+
+def hsv_to_rgb(hsv: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`rgb_to_hsv`."""
+    hsv = np.asarray(hsv, np.float32)
+    h6 = hsv[..., 0] / np.float32(60)  # in [0, 6)
+    vs = hsv[..., 2] * hsv[..., 1]
+    out = np.empty(hsv.shape, np.float32)
+    for channel, n in enumerate((5, 3, 1)):  # R, G, B: v - v*s*clip(min(k, 4 - k), 0, 1)
+        k = h6 + np.float32(n)
+        k = np.where(k >= 6, k - 6, k)
+        out[..., channel] = hsv[..., 2] - vs * np.maximum(np.minimum(np.minimum(k, 4 - k), 1), 0)
+    return out
+
+
+def photometric_distort(
+    image: np.ndarray,
+    boxes: np.ndarray,
+    labels: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    brightness: float = 32.0,
+    contrast: tuple[float, float] = (0.5, 1.5),
+    saturation: tuple[float, float] = (0.5, 1.5),
+    hue: float = 18.0,
+    p: float = 0.5,
+) -> Arrays:
+    """SSD's photometric distortion; boxes and labels unchanged.
+
+    Brightness ``+U(-32, 32)``; then, in random order (contrast first or last, p=0.5),
+    contrast ``*U(0.5, 1.5)`` and in HSV saturation ``*U(0.5, 1.5)``, hue ``+U(-18, 18)``
+    degrees; each of the four applied with probability ``p``.
+    """
+    x = image.astype(np.float32)
+    if rng.random() < p:
+        x = np.clip(x + rng.uniform(-brightness, brightness), 0.0, 255.0)
+    contrast_first = rng.random() < 0.5
+
+    def _contrast(x):
+        if rng.random() < p:
+            x = np.clip(x * rng.uniform(*contrast), 0.0, 255.0)
+        return x
+
+    if contrast_first:
+        x = _contrast(x)
+    do_sat, do_hue = rng.random() < p, rng.random() < p
+    sat_factor, hue_delta = rng.uniform(*saturation), rng.uniform(-hue, hue)
+    if do_sat or do_hue:
+        hsv = rgb_to_hsv(x)
+        if do_sat:
+            hsv[..., 1] = np.clip(hsv[..., 1] * sat_factor, 0.0, 1.0)
+        if do_hue:
+            hsv[..., 0] = (hsv[..., 0] + hue_delta) % 360.0
+        x = np.clip(hsv_to_rgb(hsv), 0.0, 255.0)
+    if not contrast_first:
+        x = _contrast(x)
+    return np.rint(x).astype(np.uint8), boxes, labels
+
+
+# ---------------------------------------------------------------------------- geometry
+
+
+def expand(
+    image: np.ndarray,
+    boxes: np.ndarray,
+    labels: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    fill: Sequence[float] = TORCHVISION_NORM.mean_rgb,
+    max_ratio: float = 4.0,
+    p: float = 0.5,
+) -> Arrays:
+    """Zoom out: with probability ``p`` place the image at a random integer offset on a
+    canvas ``U(1, max_ratio)`` times its size, filled with ``fill`` (the mean, RGB)."""
+    if rng.random() >= p:
+        return image, boxes, labels
+    h, w = image.shape[:2]
+    ratio = rng.uniform(1.0, max_ratio)
+    ch, cw = int(h * ratio), int(w * ratio)
+    top = int(rng.uniform(0, ch - h))
+    left = int(rng.uniform(0, cw - w))
+    canvas = np.empty((ch, cw, 3), np.uint8)
+    canvas[...] = np.clip(np.rint(np.asarray(fill, np.float32)), 0, 255).astype(np.uint8)
+    canvas[top : top + h, left : left + w] = image
+    shifted = np.asarray(boxes, np.float32) + np.asarray([left, top, left, top], np.float32)
+    return canvas, shifted.reshape(-1, 4), labels
+
+
+def sample_crop_window(
+    boxes: np.ndarray,
+    height: int,
+    width: int,
+    rng: np.random.Generator,
+    min_iou: float,
+    *,
+    min_scale: float = 0.3,
+    max_scale: float = 1.0,
+    min_aspect: float = 0.5,
+    max_aspect: float = 2.0,
+    max_trials: int = 50,
+) -> np.ndarray | None:
+    """Sample a crop patch satisfying a minimum-IoU constraint.
+
+    Args:
+      boxes: ``[N, 4]`` pixel boxes (``N >= 1``).
+      height, width: image size.
+      min_iou: the constraint: some box whose centre is strictly inside the patch has
+        IoU >= ``min_iou`` with it (0 only asks for one centre inside).
+      min_scale, max_scale: range of the patch side relative to the image side.
+      min_aspect, max_aspect: range of ``(w / W) / (h / H)``.
+      max_trials: patches tried before giving up.
+
+    Returns:
+      ``[4]`` int64 ``(x0, y0, x1, y1)`` pixel patch, or ``None`` if no trial succeeded.
+    """
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+    for _ in range(max_trials):
+        scale = rng.uniform(min_scale, max_scale)
+        lo, hi = max(min_aspect, scale**2), min(max_aspect, 1.0 / scale**2)
+        aspect = rng.uniform(lo, hi)
+        cw = int(np.clip(round(scale * np.sqrt(aspect) * width), 1, width))
+        ch = int(np.clip(round(scale / np.sqrt(aspect) * height), 1, height))
+        x0 = int(rng.integers(0, width - cw + 1))
+        y0 = int(rng.integers(0, height - ch + 1))
+        window = np.asarray([x0, y0, x0 + cw, y0 + ch], np.int64)
+        inside = (
+            (centres[:, 0] > window[0]) & (centres[:, 0] < window[2])
+            & (centres[:, 1] > window[1]) & (centres[:, 1] < window[3])
+        )  # fmt: skip
+        if not inside.any():
+            continue
+        if box_iou(boxes[inside], window[None].astype(np.float64)).max() < min_iou:
+            continue
+        return window
+    return None
+
+
+def crop(image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, window: np.ndarray) -> Arrays:
+    """Cut the ``(x0, y0, x1, y1)`` integer ``window``; keep the boxes whose centre is
+    strictly inside it, clipped to it and shifted into its coordinates."""
+    x0, y0, x1, y1 = (int(v) for v in window)
+    b = np.asarray(boxes, np.float32).reshape(-1, 4)
+    centres = (b[:, :2] + b[:, 2:]) / 2
+    inside = (centres[:, 0] > x0) & (centres[:, 0] < x1) & (centres[:, 1] > y0) & (centres[:, 1] < y1)
+    kept = b[inside]
+    kept = np.clip(kept, [x0, y0, x0, y0], [x1, y1, x1, y1]) - np.asarray([x0, y0, x0, y0], np.float32)
+    return np.ascontiguousarray(image[y0:y1, x0:x1]), kept.astype(np.float32), labels[inside]
+
+
+def random_crop(
+    image: np.ndarray,
+    boxes: np.ndarray,
+    labels: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    min_ious: Sequence[float | None] = SSD_MIN_IOUS,
+    min_scale: float = 0.3,
+    max_scale: float = 1.0,
+    min_aspect: float = 0.5,
+    max_aspect: float = 2.0,
+    max_trials: int = 50,
+) -> Arrays:
+    """SSD's min-IoU random crop.
+
+    Picks one of ``min_iou`` uniformly (``None``: no crop), samples a patch with
+    :func:`sample_crop_window` and applies :func:`crop`. If no trial satisfies the
+    constraint the input is returned unchanged. Images without boxes pass through.
+    """
+    choice = min_ious[int(rng.integers(len(min_ious)))]
+    if choice is None or len(boxes) == 0:
+        return image, boxes, labels
+    h, w = image.shape[:2]
+    window = sample_crop_window(
+        boxes, h, w, rng, choice,
+        min_scale=min_scale, max_scale=max_scale, min_aspect=min_aspect,
+        max_aspect=max_aspect, max_trials=max_trials,
+    )  # fmt: skip
+    if window is None:
+        return image, boxes, labels
+    return crop(image, boxes, labels, window)
+
+
+def horizontal_flip(
+    image: np.ndarray,
+    boxes: np.ndarray,
+    labels: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    p: float = 0.5,
+) -> Arrays:
+    """Mirror left-right with probability ``p``."""
+    if rng.random() >= p:
+        return image, boxes, labels
+    return np.ascontiguousarray(image[:, ::-1]), flip_boxes(boxes, image.shape[1]), labels
+
+
+def resize(
+    image: np.ndarray,
+    boxes: np.ndarray,
+    labels: np.ndarray,
+    rng: np.random.Generator | None = None,
+    *,
+    size: int | tuple[int, int] = 300,
+) -> Arrays:
+    """Resize (bilinear, aspect ratio not kept, as SSD does) to ``size`` (side or
+    ``(height, width)``); boxes are scaled to the new pixels. ``rng`` is unused."""
+    from PIL import Image
+
+    out_h, out_w = (size, size) if isinstance(size, int) else size
+    h, w = image.shape[:2]
+    if (h, w) != (out_h, out_w):
+        image = np.asarray(Image.fromarray(image).resize((out_w, out_h), Image.BILINEAR))
+    scale = np.asarray([out_w / w, out_h / h, out_w / w, out_h / h], np.float32)
+    b = np.asarray(boxes, np.float32).reshape(-1, 4) * scale
+    # Rounding cannot push a box past the border by more than an ulp; clip that away.
+    b = np.clip(b, 0, np.asarray([out_w, out_h, out_w, out_h], np.float32))
+    return image, b, labels
+
+
+# ---------------------------------------------------------------------------- composition
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+    """Parameters of :func:`ssd_augment` (defaults: the SSD paper's)."""
+
+    photometric: bool = True
+    brightness: float = 32.0
+    contrast: tuple[float, float] = (0.5, 1.5)
+    saturation: tuple[float, float] = (0.5, 1.5)
+    hue: float = 18.0
+    photometric_p: float = 0.5
+    expand_p: float = 0.5
+    max_expand: float = 4.0
+    min_ious: tuple[float | None, ...] = SSD_MIN_IOUS
+    min_scale: float = 0.3
+    max_scale: float = 1.0
+    min_aspect: float = 0.5
+    max_aspect: float = 2.0
+    max_trials: int = 50
+    flip_p: float = 0.5
+
+
+def ssd_augment(
+    image: np.ndarray,
+    boxes: np.ndarray,
+    labels: np.ndarray,
+    rng: np.random.Generator,
+    config: AugmentConfig = AugmentConfig(),
+    *,
+    fill: Sequence[float] = TORCHVISION_NORM.mean_rgb,
+) -> Arrays:
+    """The SSD training augmentation (before resize): photometric -> expand -> crop -> flip."""
+    c = config
+    if c.photometric:
+        image, boxes, labels = photometric_distort(
+            image, boxes, labels, rng, brightness=c.brightness, contrast=c.contrast,
+            saturation=c.saturation, hue=c.hue, p=c.photometric_p,
+        )  # fmt: skip
+    image, boxes, labels = expand(image, boxes, labels, rng, fill=fill, max_ratio=c.max_expand, p=c.expand_p)
+    image, boxes, labels = random_crop(
+        image, boxes, labels, rng, min_ious=c.min_ious, min_scale=c.min_scale,
+        max_scale=c.max_scale, min_aspect=c.min_aspect, max_aspect=c.max_aspect,
+        max_trials=c.max_trials,
+    )  # fmt: skip
+    return horizontal_flip(image, boxes, labels, rng, p=c.flip_p)
