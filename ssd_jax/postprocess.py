@@ -115,15 +115,6 @@ def _check_inputs(class_logits, box_offsets, priors, candidates_per_class, max_d
         )
 
 
-@functools.partial(
-    jax.jit,
-    static_argnames=(
-        "candidates_per_class",
-        "max_detections",
-        "variances",
-        "max_log_size_ratio",
-    ),
-)
 def detect(
     class_logits: Array,
     box_offsets: Array,
@@ -146,12 +137,36 @@ def detect(
       nms_iou: IoU above which (strictly) NMS suppresses a box (traced).
       candidates_per_class: best candidates per class that enter NMS (static; capped at P).
       max_detections: detections per image returned, K (static).
-      variances: the box coder's ``(v0, v1)`` (static; must be a tuple under jit).
+      variances: the box coder's ``(v0, v1)`` (static).
       max_log_size_ratio: cap on the decoded log size ratio (static), as torchvision.
 
     Returns:
       :class:`Detections` with ``K = max_detections`` slots per image, best first.
     """
+    if len(variances) != 2:
+        raise ValueError(f"variances must be (v0, v1), got {variances}")
+    return _detect(
+        class_logits,
+        box_offsets,
+        priors,
+        score_threshold,
+        nms_iou,
+        candidates_per_class=int(candidates_per_class),
+        max_detections=int(max_detections),
+        variances=(float(variances[0]), float(variances[1])),
+        max_log_size_ratio=None if max_log_size_ratio is None else float(max_log_size_ratio),
+    )
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=("candidates_per_class", "max_detections", "variances", "max_log_size_ratio"),
+)
+def _detect(
+    class_logits, box_offsets, priors, score_threshold, nms_iou, *, candidates_per_class,
+    max_detections, variances, max_log_size_ratio,
+) -> Detections:
+    """:func:`detect` under one jit (static sizes and coder settings)."""
     _check_inputs(class_logits, box_offsets, priors, candidates_per_class, max_detections)
     batch, num_priors, _ = class_logits.shape
     scores = jax.nn.softmax(class_logits.astype(jnp.float32), axis=-1)[..., 1:]  # [B,P,C]

@@ -291,3 +291,13 @@ def test_bad_sizes():
     args = [jnp.zeros(s, jnp.float32) for s in ((1, 10, 3), (1, 10, 4), (10, 4))]
     with pytest.raises(ValueError, match="max_detections"):
         postprocess.detect(*args, max_detections=0)
+
+
+def test_variances_as_list_and_inside_an_outer_jit():
+    logits, offsets, priors = _random_case(8, batch=2, p=50, c1=3)
+    ref = postprocess.detect(logits, offsets, priors, variances=(0.1, 0.2))
+    as_list = postprocess.detect(logits, offsets, priors, variances=[0.1, 0.2])
+    outer = jax.jit(lambda a, b: postprocess.detect(a, b, priors))(logits, offsets)
+    for x, y, z in zip(ref, as_list, outer):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(z))
