@@ -42,8 +42,19 @@ def softmax_cross_entropy(logits: Array, labels: Array) -> Array:
 def _cross_entropy_fwd(logits, labels):
     top = jnp.max(logits, axis=-1, keepdims=True)
     log_norm = jnp.log(jnp.sum(jnp.exp(logits - top), axis=-1)) + top[..., 0]
-    true_logit = jnp.take_along_axis(logits, labels[..., None], axis=-1)[..., 0]
-    return log_norm - true_logit, (logits, labels, log_norm)
+    return log_norm - _pick(logits, labels), (logits, labels, log_norm)
+
+
+def _pick(x: Array, index: Array) -> Array:
+    """``x[..., index]`` per position: ``[..., K]``, ``[...]`` -> ``[...]``.
+
+    ``take_along_axis`` written as one flat 1-D gather: XLA:CPU's batched gather with
+    index tuples was 1.4-3x slower on ``[32, 8732, 21]``.
+    """
+    num = x.shape[-1]
+    flat_position = jnp.arange(index.size, dtype=jnp.int32).reshape(index.shape)
+    flat_index = flat_position * num + index.astype(jnp.int32)
+    return jnp.take(x.reshape(-1), flat_index.reshape(-1), mode="clip").reshape(index.shape)
 
 
 def _cross_entropy_bwd(residuals, g):
