@@ -1,0 +1,219 @@
+"""Building blocks shared by the SSD networks: convolution, pooling, L2 normalisation.
+
+All blocks keep float32 parameters and compute in ``compute_dtype`` (float32 or
+bfloat16). Activations are laid out ``NHWC`` (the default, what the network takes and
+what XLA prefers on GPU/TPU) or ``NCHW`` (an option measured by the CPU benchmark); the
+kernels are stored ``HWIO`` either way, so parameters do not depend on the layout.
+
+Every spatial block can describe itself as a :class:`ssd_jax.receptive_field.Layer`, so
+the networks derive their feature-map sizes and receptive fields from the same numbers
+that build their convolutions.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from ssd_jax.receptive_field import Layer
+
+Array = jax.Array
+Initializer = Callable[..., Array]
+
+LAYOUTS = ("NHWC", "NCHW")
+
+#: Xavier-uniform (Glorot), the SSD paper's / torchvision's init for the new layers:
+#: for a ``HWIO`` kernel fan_in = k*k*in, fan_out = k*k*out, as torch's
+#: ``xavier_uniform_`` on ``OIHW``.
+xavier_uniform: Initializer = nnx.initializers.xavier_uniform()
+#: torchvision's VGG / MobileNet conv init: ``kaiming_normal_(mode="fan_out", relu)``.
+kaiming_normal_fan_out: Initializer = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def check_layout(layout: str) -> str:
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    return layout
+
+
+def channel_axis(layout: str) -> int:
+    return -1 if layout == "NHWC" else 1
+
+
+def conv2d(
+    x: Array,
+    kernel: Array,
+    bias: Array | None,
+    *,
+    stride: int = 1,
+    padding: int = 0,
+    dilation: int = 1,
+    groups: int = 1,
+    layout: str = "NHWC",
+    compute_dtype=jnp.float32,
+) -> Array:
+    """2-D convolution of ``x`` (``[B,H,W,C]`` or ``[B,C,H,W]``) with a ``HWIO`` kernel.
+
+    Symmetric integer ``padding`` as PyTorch's ``Conv2d``; output in ``compute_dtype``.
+    """
+    x = x.astype(compute_dtype)
+    y = jax.lax.conv_general_dilated(
+        x,
+        kernel.astype(compute_dtype),
+        window_strides=(stride, stride),
+        padding=((padding, padding), (padding, padding)),
+        rhs_dilation=(dilation, dilation),
+        dimension_numbers=(layout, "HWIO", layout),
+        feature_group_count=groups,
+    )
+    if bias is not None:
+        shape = (1, 1, 1, -1) if layout == "NHWC" else (1, -1, 1, 1)
+        y = y + bias.astype(compute_dtype).reshape(shape)
+    return y
+
+
+class Conv2d(nnx.Module):
+    """A convolution with PyTorch-style symmetric padding and a ``HWIO`` float32 kernel.
+
+    Attributes:
+      kernel: ``[k, k, in/groups, out]`` float32 parameter.
+      bias: ``[out]`` float32 parameter, or ``None``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        *,
+        stride: int = 1,
+        padding: int = 0,
+        dilation: int = 1,
+        groups: int = 1,
+        use_bias: bool = True,
+        kernel_init: Initializer = xavier_uniform,
+        layout: str = "NHWC",
+        compute_dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(
+                f"channels {in_channels}->{out_channels} not divisible by groups={groups}"
+            )
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+        self.dilation, self.groups = dilation, groups
+        self.layout = check_layout(layout)
+        self.compute_dtype = compute_dtype
+        shape = (kernel_size, kernel_size, in_channels // groups, out_channels)
+        self.kernel = nnx.Param(kernel_init(rngs.params(), shape, jnp.float32))
+        self.bias = nnx.Param(jnp.zeros((out_channels,), jnp.float32)) if use_bias else None
+
+    def __call__(self, x: Array) -> Array:
+        return conv2d(
+            x,
+            self.kernel[...],
+            None if self.bias is None else self.bias[...],
+            stride=self.stride,
+            padding=self.padding,
+            dilation=self.dilation,
+            groups=self.groups,
+            layout=self.layout,
+            compute_dtype=self.compute_dtype,
+        )
+
+    def layer(self, name: str) -> Layer:
+        """This convolution as a receptive-field :class:`Layer`."""
+        return Layer(name, self.kernel_size, self.stride, self.padding, self.dilation)
+
+
+def max_pool(
+    x: Array, kernel: int, stride: int, padding: int = 0, ceil_mode: bool = False, layout: str = "NHWC"
+) -> Array:
+    """Max pooling with PyTorch's semantics (``-inf`` padding, optional ceil mode)."""
+    spatial = (1, 2) if layout == "NHWC" else (2, 3)
+    pads = [(0, 0)] * 4
+    for ax in spatial:
+        n = x.shape[ax]
+        n_out = Layer("pool", kernel, stride, padding, 1, ceil_mode).output_size(n)
+        hi = (n_out - 1) * stride + kernel - n - padding  # >= padding in ceil mode
+        pads[ax] = (padding, max(hi, 0))
+    window = [1, 1, 1, 1]
+    strides = [1, 1, 1, 1]
+    for ax in spatial:
+        window[ax], strides[ax] = kernel, stride
+    init = jnp.array(-jnp.inf, dtype=x.dtype)
+    return jax.lax.reduce_window(x, init, jax.lax.max, window, strides, pads)
+
+
+def pool_layer(name: str, kernel: int, stride: int, padding: int = 0, ceil_mode: bool = False) -> Layer:
+    return Layer(name, kernel, stride, padding, 1, ceil_mode)
+
+
+class L2Norm(nnx.Module):
+    """Per-position L2 normalisation over channels with a learnable per-channel scale.
+
+    ``y = scale * x / max(||x||_2, eps)`` (torchvision's ``scale_weight * F.normalize(x)``;
+    ParseNet / SSD conv4_3_norm). The norm is computed in float32 whatever the
+    compute dtype. ``scale`` is a ``[C]`` float32 parameter initialised to ``init``.
+    """
+
+    def __init__(self, channels: int, init: float = 20.0, eps: float = 1e-12, *, layout: str = "NHWC", compute_dtype=jnp.float32):
+        self.scale = nnx.Param(jnp.full((channels,), init, jnp.float32))
+        self.eps = eps
+        self.layout = check_layout(layout)
+        self.compute_dtype = compute_dtype
+
+    def __call__(self, x: Array) -> Array:
+        axis = channel_axis(self.layout)
+        x32 = x.astype(jnp.float32)
+        norm = jnp.sqrt(jnp.sum(x32 * x32, axis=axis, keepdims=True))
+        shape = (1, 1, 1, -1) if self.layout == "NHWC" else (1, -1, 1, 1)
+        y = x32 / jnp.maximum(norm, self.eps) * self.scale[...].reshape(shape)
+        return y.astype(self.compute_dtype)
+
+
+class ConvBNAct(nnx.Module):
+    """Convolution (no bias) + batch norm + optional ReLU6, as torchvision's
+    ``Conv2dNormActivation`` in MobileNetV2 / SSDLite.
+
+    Batch norm uses the batch statistics and updates its running averages when called
+    with ``train=True``, and the running averages otherwise.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        *,
+        stride: int = 1,
+        groups: int = 1,
+        activation: bool = True,
+        kernel_init: Initializer = kaiming_normal_fan_out,
+        bn_momentum: float = 0.97,
+        bn_epsilon: float = 1e-3,
+        layout: str = "NHWC",
+        compute_dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        self.conv = Conv2d(
+            in_channels, out_channels, kernel_size, stride=stride, padding=(kernel_size - 1) // 2,
+            groups=groups, use_bias=False, kernel_init=kernel_init, layout=layout,
+            compute_dtype=compute_dtype, rngs=rngs,
+        )
+        self.bn = nnx.BatchNorm(
+            out_channels, axis=channel_axis(layout), momentum=bn_momentum, epsilon=bn_epsilon,
+            dtype=compute_dtype, param_dtype=jnp.float32, rngs=rngs,
+        )
+        self.activation = activation
+
+    def __call__(self, x: Array, train: bool) -> Array:
+        y = self.bn(self.conv(x), use_running_average=not train)
+        return jax.nn.relu6(y) if self.activation else y
+
+    def layer(self, name: str) -> Layer:
+        return self.conv.layer(name)
