@@ -16,6 +16,7 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from ssd_jax.receptive_field import Layer
@@ -25,12 +26,47 @@ Initializer = Callable[..., Array]
 
 LAYOUTS = ("NHWC", "NCHW")
 
+def _fans(shape) -> tuple[int, int]:
+    """fan_in, fan_out of a ``HWIO`` kernel (torch's rule on the ``OIHW`` transpose)."""
+    receptive = int(np.prod(shape[:-2])) if len(shape) > 2 else 1
+    return shape[-2] * receptive, shape[-1] * receptive
+
+
+def _host_init(kind: str, jax_init: Initializer) -> Initializer:
+    """An initializer that draws on the host with numpy, seeded from the jax key.
+
+    Why: XLA:CPU compiles one RNG program per distinct parameter shape, which made the
+    first construction of a network take 12-20 s; numpy needs no compilation. The numbers
+    are a deterministic function of the key. Under tracing (``nnx.eval_shape``, ``jit``),
+    where the key has no value, the equivalent ``jax.nn.initializers`` one is used.
+    """
+
+    def init(key, shape, dtype=jnp.float32):
+        if isinstance(key, jax.core.Tracer):
+            return jax_init(key, shape, dtype)
+        seed = np.asarray(jax.random.key_data(key)).ravel().astype(np.uint64)
+        rng = np.random.default_rng(seed)
+        fan_in, fan_out = _fans(shape)
+        if kind == "xavier_uniform":
+            limit = np.sqrt(6.0 / (fan_in + fan_out))
+            x = rng.uniform(-limit, limit, size=shape)
+        elif kind == "kaiming_normal_fan_out":
+            x = rng.standard_normal(size=shape, dtype=np.float32) * np.sqrt(2.0 / fan_out)
+        else:
+            raise ValueError(f"unknown initializer {kind!r}")
+        return jnp.asarray(x, dtype=dtype)
+
+    return init
+
+
 #: Xavier-uniform (Glorot), the SSD paper's / torchvision's init for the new layers:
 #: for a ``HWIO`` kernel fan_in = k*k*in, fan_out = k*k*out, as torch's
 #: ``xavier_uniform_`` on ``OIHW``.
-xavier_uniform: Initializer = nnx.initializers.xavier_uniform()
+xavier_uniform: Initializer = _host_init("xavier_uniform", nnx.initializers.xavier_uniform())
 #: torchvision's VGG / MobileNet conv init: ``kaiming_normal_(mode="fan_out", relu)``.
-kaiming_normal_fan_out: Initializer = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
+kaiming_normal_fan_out: Initializer = _host_init(
+    "kaiming_normal_fan_out", nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
+)
 
 
 def check_layout(layout: str) -> str:

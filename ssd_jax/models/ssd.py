@@ -128,7 +128,9 @@ def apply(
     ``train=True`` uses batch statistics and returns updated running averages;
     ``train=False`` returns ``model_state`` unchanged.
     """
-    model = nnx.merge(graphdef, params, model_state)
+    # copy=True: fresh Variables in the current trace (the state may come from an outer
+    # jit while this runs under grad; mutating the outer trace's Variables is an error).
+    model = nnx.merge(graphdef, params, model_state, copy=True)
     out = model(images, train=train)
     _, _, new_state = nnx.split(model, nnx.Param, ...)
     return out, new_state
