@@ -116,7 +116,7 @@ def save_converted(workdir: str, params: Mapping[str, Any], meta: Mapping, model
         "model_state": unflatten({k: np.asarray(v, np.float32) for k, v in (model_state or {}).items()}),
     }
     if not tree["model_state"]:
-        tree["model_state"] = {"_empty": np.zeros((0,), np.float32)}  # orbax rejects empty subtrees
+        tree["model_state"] = {"_empty": np.zeros((1,), np.float32)}  # orbax rejects empty trees and arrays
     ckptr = ocp.StandardCheckpointer()
     ckptr.save(os.path.join(root, "state"), tree)
     ckptr.wait_until_finished()
