@@ -274,6 +274,10 @@ def test_max_pool_ceil_mode():
     np.testing.assert_array_equal(y[0, :, :, 0], [[6, 8, 9], [16, 18, 19], [21, 23, 24]])
     assert layers.max_pool(jnp.zeros((1, 75, 75, 2)), 2, 2, 0, ceil_mode=True).shape == (1, 38, 38, 2)
     assert layers.max_pool(jnp.zeros((1, 2, 19, 19)), 3, 1, 1, layout="NCHW").shape == (1, 2, 19, 19)
+    grad = jax.jit(jax.grad(lambda x: layers.max_pool(x, 2, 2, 0, ceil_mode=True).sum()))(x)
+    assert float(grad.sum()) == 9.0 and grad[0, 4, 4, 0] == 1.0  # one max per window
+    grad = jax.grad(lambda x: layers.max_pool(x, 3, 1, 1).sum())(x.astype(jnp.bfloat16))
+    assert grad.dtype == jnp.bfloat16
 
 
 # --- preprocessing and checkpoint io ------------------------------------------------------

@@ -181,8 +181,8 @@ def max_pool(
     strides = [1, 1, 1, 1]
     for ax in spatial:
         window[ax], strides[ax] = kernel, stride
-    init = jnp.array(-jnp.inf, dtype=x.dtype)
-    return jax.lax.reduce_window(x, init, jax.lax.max, window, strides, pads)
+    # a Python -inf init lets JAX recognise the max monoid (differentiable reduce_window_max)
+    return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, window, strides, pads)
 
 
 def pool_layer(name: str, kernel: int, stride: int, padding: int = 0, ceil_mode: bool = False) -> Layer:
