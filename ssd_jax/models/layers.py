@@ -111,6 +111,44 @@ def conv2d(
     return y
 
 
+def depthwise_conv2d(
+    x: Array, kernel: Array, bias: Array | None, *, stride: int = 1, padding: int = 0,
+    dilation: int = 1, layout: str = "NHWC", compute_dtype=jnp.float32,
+) -> Array:
+    """Depthwise convolution (``kernel [k, k, 1, C]``) as a sum of k*k shifted products.
+
+    Same result as ``conv2d(..., groups=C)``, but XLA:CPU runs (and differentiates) this
+    as fused elementwise work: its grouped-convolution gradients made the SSDLite train
+    step ~16x slower than torchvision (benchmarks/RESULTS_network.md).
+    """
+    k = kernel.shape[0]
+    x = x.astype(compute_dtype)
+    w = kernel.astype(compute_dtype)[:, :, 0, :]  # [k, k, C]
+    sp = (1, 2) if layout == "NHWC" else (2, 3)
+    pads = [(0, 0)] * 4
+    for ax in sp:
+        pads[ax] = (padding, padding)
+    xp = jnp.pad(x, pads)
+    h_out = (x.shape[sp[0]] + 2 * padding - dilation * (k - 1) - 1) // stride + 1
+    w_out = (x.shape[sp[1]] + 2 * padding - dilation * (k - 1) - 1) // stride + 1
+    cshape = (1, 1, 1, -1) if layout == "NHWC" else (1, -1, 1, 1)
+    y = None
+    for dy in range(k):
+        for dx in range(k):
+            start = [0, 0, 0, 0]
+            limit = list(xp.shape)
+            strides = [1, 1, 1, 1]
+            start[sp[0]], start[sp[1]] = dy * dilation, dx * dilation
+            limit[sp[0]] = dy * dilation + (h_out - 1) * stride + 1
+            limit[sp[1]] = dx * dilation + (w_out - 1) * stride + 1
+            strides[sp[0]] = strides[sp[1]] = stride
+            term = jax.lax.slice(xp, start, limit, strides) * w[dy, dx].reshape(cshape)
+            y = term if y is None else y + term
+    if bias is not None:
+        y = y + bias.astype(compute_dtype).reshape(cshape)
+    return y
+
+
 class Conv2d(nnx.Module):
     """A convolution with PyTorch-style symmetric padding and a ``HWIO`` float32 kernel.
 
@@ -149,6 +187,11 @@ class Conv2d(nnx.Module):
         self.bias = nnx.Param(jnp.zeros((out_channels,), jnp.float32)) if use_bias else None
 
     def __call__(self, x: Array) -> Array:
+        if self.groups > 1 and self.groups == self.in_channels == self.out_channels and self.kernel_size > 1:
+            return depthwise_conv2d(
+                x, self.kernel[...], None if self.bias is None else self.bias[...], stride=self.stride,
+                padding=self.padding, dilation=self.dilation, layout=self.layout, compute_dtype=self.compute_dtype,
+            )
         return conv2d(
             x,
             self.kernel[...],
