@@ -32,7 +32,7 @@ def test_inspect_config(tmp_path, capsys):
 
 def test_inspect_draw(tmp_path):
     if importlib.util.find_spec("matplotlib") is None:
-        pytest.skip("matplotlib not installed (pip install 'matplotlib>=3.8,<4'); --draw needs it")
+        pytest.skip("matplotlib not installed (pip install 'matplotlib>=3.11.2,<3.12'); --draw needs it")
     out = tmp_path / "rf.png"
     assert main(["inspect", "--model", "ssdlite_mobilenetv2", "--image-size", "128", "--draw", str(out)]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -78,7 +78,7 @@ def draw(model, path: str, image_path: str | None = None) -> None:
         import matplotlib.pyplot as plt
         from matplotlib.patches import Rectangle
     except ImportError:
-        raise SystemExit("--draw needs matplotlib: pip install 'matplotlib>=3.8,<4'") from None
+        raise SystemExit("--draw needs matplotlib: pip install 'matplotlib>=3.11.2,<3.12'") from None
     import numpy as np
 
     s = model.spec.image_size
