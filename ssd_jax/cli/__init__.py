@@ -11,6 +11,7 @@ import sys
 #: command name -> (module under ssd_jax.cli, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "inspect": ("inspect_cmd", "print the prior layout (and receptive fields) of a preset or config"),
+    "convert": ("convert_cmd", "convert torchvision weights (.pth) into an ssd_jax checkpoint"),
 }
 
 

@@ -1,0 +1,191 @@
+"""Network speed on this machine: SSD300-VGG16 inference and train step, SSDLite train step.
+
+    flock -x /tmp/cpu.lock python benchmarks/bench_network.py [--repeats 2] [--torch /work/tvenv/bin/python]
+        [--variants]        # also: NCHW layout and bfloat16 compute for the SSD300 train step
+        [--only jax|torch]
+
+Rows: SSD300-VGG16 (21 outputs, 300x300) inference at batch 1 and 8, train step (forward +
+backward + optax SGD-momentum update, jitted, params/opt state donated) at batch 4 and 8;
+SSDLite-MobileNetV2 (320x320, width 1) train step at batch 16. Compile time is the first
+call minus a steady-state call. The train loss is a stand-in (softmax cross-entropy
+against class 0 + L1 on the offsets): it costs the same backward pass through the network
+as the multibox loss, which is not part of this benchmark.
+
+The torchvision reference runs in a subprocess of ``--torch`` (a python with torch and
+torchvision, 2 threads): ``ssd300_vgg16`` ``head(backbone(x))`` with the same stand-in
+loss and ``torch.optim.SGD``; the light reference is torchvision's
+``ssdlite320_mobilenet_v3_large`` (the model the recorded number is for; torchvision has
+no MobileNetV2 SSDLite). Without torch the recorded reference numbers are used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+#: torchvision 0.29, CPU, 2 threads, this kind of machine (issue 3).
+RECORDED_TORCH = {"ssd300_infer_b1": 2.6, "ssd300_train_b4": 0.94, "ssdlite_train_b16": 11.3}
+
+TORCH_SCRIPT = r"""
+import json, sys, time, torch, torchvision
+torch.set_num_threads(2)
+what, batch, repeats = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+torch.manual_seed(0)
+if what.startswith("ssd300"):
+    m = torchvision.models.detection.ssd300_vgg16(weights=None, weights_backbone=None, num_classes=21); size = 300
+else:
+    m = torchvision.models.detection.ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=21); size = 320
+x = torch.randn(batch, 3, size, size)
+def fwd():
+    out = m.head(list(m.backbone(x).values()))
+    return out["cls_logits"], out["bbox_regression"]
+if what.endswith("infer"):
+    m.eval()
+    def step():
+        with torch.no_grad():
+            fwd()
+else:
+    m.train()
+    opt = torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9)
+    def step():
+        opt.zero_grad(set_to_none=True)
+        l, o = fwd()
+        loss = (torch.logsumexp(l, -1) - l[..., 0]).mean() + o.abs().mean()
+        loss.backward(); opt.step()
+step()
+ts = []
+for _ in range(repeats):
+    t = time.perf_counter(); step(); ts.append(time.perf_counter() - t)
+print(json.dumps({"imgs_per_s": batch / min(ts), "step_s": min(ts)}))
+"""
+
+
+def jax_case(name: str, batch: int, train: bool, repeats: int, layout="NHWC", dtype="float32", size=None):
+    import jax
+    import jax.numpy as jnp
+    import optax
+    from flax import nnx
+
+    from ssd_jax import models
+
+    kw = dict(layout=layout, compute_dtype=jnp.bfloat16 if dtype == "bfloat16" else jnp.float32, rngs=nnx.Rngs(0))
+    if size:
+        kw["image_size"] = size
+    model = models.build_model(name, 20, **kw)
+    g, p, s = models.split(model)
+    size = model.spec.image_size
+    x = jax.random.normal(jax.random.key(0), (batch, size, size, 3), jnp.float32)
+    if train:
+        opt = optax.sgd(1e-3, momentum=0.9)
+        o = opt.init(p)
+
+        def step(p, s, o, x):
+            def loss_fn(p):
+                (lg, off), ns = models.apply(g, p, s, x, train=True)
+                return jnp.mean(jax.nn.logsumexp(lg, -1) - lg[..., 0]) + jnp.mean(jnp.abs(off)), ns
+
+            (loss, ns), grads = jax.value_and_grad(loss_fn, has_aux=True)(p)
+            upd, o = opt.update(grads, o, p)
+            return optax.apply_updates(p, upd), ns, o, loss
+
+        fn = jax.jit(step, donate_argnums=(0, 1, 2))
+        state = [p, s, o]
+
+        def call():
+            nonlocal state
+            p_, s_, o_, loss = fn(*state, x)
+            state = [p_, s_, o_]
+            return loss
+    else:
+        fn = jax.jit(lambda p, s, x: models.apply(g, p, s, x, train=False)[0])
+
+        def call():
+            return fn(p, s, x)
+
+    t = time.perf_counter()
+    jax.block_until_ready(call())
+    first = time.perf_counter() - t
+    ts = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        jax.block_until_ready(call())
+        ts.append(time.perf_counter() - t)
+    best = min(ts)
+    return {"imgs_per_s": batch / best, "step_s": best, "compile_s": max(first - best, 0.0)}
+
+
+def torch_case(python: str, what: str, batch: int, repeats: int):
+    r = subprocess.run([python, "-c", TORCH_SCRIPT, what, str(batch), str(repeats)], capture_output=True, text=True, timeout=1200)
+    if r.returncode != 0:
+        raise RuntimeError(r.stderr[-2000:])
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--torch", default="/work/tvenv/bin/python", help="python with torch+torchvision ('' to skip)")
+    ap.add_argument("--variants", action="store_true", help="also NCHW and bfloat16 for the SSD300 train step at batch 4")
+    ap.add_argument("--only", choices=("jax", "torch"), default=None)
+    ap.add_argument("--json", default=None, help="also write the results here")
+    args = ap.parse_args(argv)
+
+    import jax
+
+    cases = [  # key, model, batch, train, torch reference key
+        ("ssd300_infer_b1", "ssd300_vgg16", 1, False, "ssd300_infer"),
+        ("ssd300_infer_b8", "ssd300_vgg16", 8, False, "ssd300_infer"),
+        ("ssd300_train_b4", "ssd300_vgg16", 4, True, "ssd300_train"),
+        ("ssd300_train_b8", "ssd300_vgg16", 8, True, "ssd300_train"),
+        ("ssdlite_train_b16", "ssdlite_mobilenetv2", 16, True, "ssdlite_train"),
+    ]
+    have_torch = bool(args.torch) and os.path.exists(args.torch) and args.only != "jax"
+    results = {}
+    for key, name, batch, train, tkey in cases:
+        row = {"model": name, "batch": batch, "train": train}
+        if args.only != "torch":
+            row["jax"] = jax_case(name, batch, train, args.repeats, size=320 if name.startswith("ssdlite") else None)
+        if have_torch:
+            try:
+                row["torch"] = torch_case(args.torch, tkey, batch, args.repeats)
+                row["torch_source"] = "measured"
+            except Exception as e:  # noqa: BLE001 - report and fall back
+                print(f"torch reference failed for {key}: {e}", file=sys.stderr)
+        if "torch" not in row and key in RECORDED_TORCH:
+            row["torch"] = {"imgs_per_s": RECORDED_TORCH[key]}
+            row["torch_source"] = "recorded"
+        results[key] = row
+        print(f"{key}: {row}", file=sys.stderr, flush=True)
+    if args.variants and args.only != "torch":
+        for layout, dtype in (("NCHW", "float32"), ("NHWC", "bfloat16")):
+            key = f"ssd300_train_b4_{layout}_{dtype}"
+            results[key] = {"model": "ssd300_vgg16", "batch": 4, "train": True,
+                            "jax": jax_case("ssd300_vgg16", 4, True, args.repeats, layout=layout, dtype=dtype),
+                            "torch": results["ssd300_train_b4"].get("torch"), "torch_source": results["ssd300_train_b4"].get("torch_source")}
+            print(f"{key}: {results[key]}", file=sys.stderr, flush=True)
+
+    print(f"# bench_network {datetime.date.today()} | jax {jax.__version__} | {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} CPUs | XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+    print("| case | jax img/s | jax step s | compile s | torchvision img/s | source | ratio jax/torch |")
+    print("|---|---:|---:|---:|---:|---|---:|")
+    for key, row in results.items():
+        j, t = row.get("jax", {}), row.get("torch") or {}
+        ratio = j["imgs_per_s"] / t["imgs_per_s"] if j and t else float("nan")
+        print(f"| {key} | {j.get('imgs_per_s', float('nan')):.2f} | {j.get('step_s', float('nan')):.2f} | "
+              f"{j.get('compile_s', float('nan')):.1f} | {t.get('imgs_per_s', float('nan')):.2f} | {row.get('torch_source', '-')} | {ratio:.2f} |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

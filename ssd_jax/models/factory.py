@@ -1,0 +1,114 @@
+"""Build an SSD network by name, with its matching prior spec.
+
+Names: ``ssd300_vgg16``, ``ssd512_vgg16`` (the paper's networks; default priors
+``SSD300_VOC`` / ``SSD512_VOC``) and ``ssdlite_mobilenetv2`` (MobileNetV2 + SSDLite heads,
+any input size; default priors from :func:`ssdlite_prior_spec`).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax.numpy as jnp
+from flax import nnx
+
+from ssd_jax import anchors
+from ssd_jax.models import heads, mobilenet, ssd, vgg
+
+#: torchvision's SSDLite prior scales: linear from 0.2 to 0.95 over the maps, then 1.0
+#: (``DefaultBoxGenerator(min_ratio=0.2, max_ratio=0.95)``), ratios 2 and 3 everywhere.
+SSDLITE_MIN_RATIO, SSDLITE_MAX_RATIO = 0.2, 0.95
+
+
+def _extractor_factory(name: str, width: float, layout: str) -> Callable:
+    if name == "ssd300_vgg16":
+        return lambda dtype, rngs: vgg.VGG16Extractor(300, layout=layout, compute_dtype=dtype, rngs=rngs)
+    if name == "ssd512_vgg16":
+        return lambda dtype, rngs: vgg.VGG16Extractor(512, layout=layout, compute_dtype=dtype, rngs=rngs)
+    if name == "ssdlite_mobilenetv2":
+        return lambda dtype, rngs: mobilenet.MobileNetV2Extractor(width, layout=layout, compute_dtype=dtype, rngs=rngs)
+    raise ValueError(f"unknown model {name!r}; choose one of {MODEL_NAMES}")
+
+
+MODEL_NAMES = ("ssd300_vgg16", "ssd512_vgg16", "ssdlite_mobilenetv2")
+_HEADS = {"ssd300_vgg16": heads.SSDHead, "ssd512_vgg16": heads.SSDHead, "ssdlite_mobilenetv2": heads.SSDLiteHead}
+_DEFAULT_NORMALIZATION = {"ssd300_vgg16": "caffe_vgg", "ssd512_vgg16": "caffe_vgg", "ssdlite_mobilenetv2": "torchvision"}
+
+
+def default_normalization(name: str) -> str:
+    """The input normalisation convention (see ``preprocessing``) a model's weights expect."""
+    _extractor_factory(name, 1.0, "NHWC")  # validates the name
+    return _DEFAULT_NORMALIZATION[name]
+
+
+def network_feature_sizes(name: str, image_size: int, width: float = 1.0) -> tuple[int, ...]:
+    """Source-map sizes of model ``name`` at a square input (no parameters allocated)."""
+    make = _extractor_factory(name, width, "NHWC")
+    abstract = nnx.eval_shape(lambda: make(jnp.float32, nnx.Rngs(0)))
+    return ssd.feature_sizes(abstract.layer_stacks(), image_size)
+
+
+def ssdlite_prior_spec(image_size: int = 320, width: float = 1.0) -> anchors.PriorSpec:
+    """SSDLite priors for ``image_size``, from the network's actual feature sizes.
+
+    torchvision's SSDLite layout: scales linear from 0.2 to 0.95 (then 1.0), ratios 2 and
+    3 on every map (6 boxes per cell), centres ``(j + 0.5) / f``.
+    """
+    sizes = network_feature_sizes("ssdlite_mobilenetv2", image_size, width)
+    m = len(sizes)
+    scales = [SSDLITE_MIN_RATIO + (SSDLITE_MAX_RATIO - SSDLITE_MIN_RATIO) * k / (m - 1) for k in range(m)] + [1.0]
+    return anchors.PriorSpec.from_scales(
+        image_size, sizes, scales, [(2.0, 3.0)] * m, steps=None, clip=True, name=f"SSDLITE{image_size}",
+    )
+
+
+def default_prior_spec(name: str, image_size: int | None = None, width: float = 1.0) -> anchors.PriorSpec:
+    """The priors a model gets when none are given."""
+    if name == "ssdlite_mobilenetv2":
+        return ssdlite_prior_spec(image_size or 320, width)
+    preset = {"ssd300_vgg16": anchors.SSD300_VOC, "ssd512_vgg16": anchors.SSD512_VOC}.get(name)
+    if preset is None:
+        raise ValueError(f"unknown model {name!r}; choose one of {MODEL_NAMES}")
+    if image_size is not None and image_size != preset.image_size:
+        raise ValueError(
+            f"{name} is defined at {preset.image_size}x{preset.image_size} (paper layout); got "
+            f"image_size={image_size}. Pass a matching PriorSpec to use another size."
+        )
+    return preset
+
+
+def build_model(
+    name: str,
+    num_classes: int,
+    priors: anchors.PriorSpec | None = None,
+    *,
+    image_size: int | None = None,
+    compute_dtype=jnp.float32,
+    width: float = 1.0,
+    layout: str = "NHWC",
+    rngs: nnx.Rngs | None = None,
+) -> ssd.SSD:
+    """An SSD network by name.
+
+    Args:
+      name: one of :data:`MODEL_NAMES`.
+      num_classes: object classes C, background excluded (VOC: 20; logits get C + 1).
+      priors: the prior spec; default :func:`default_prior_spec` (``image_size``).
+      compute_dtype: ``jnp.float32`` (default) or ``jnp.bfloat16``; parameters stay float32.
+      width: width multiplier of ``ssdlite_mobilenetv2``.
+      layout: activations inside the network, ``"NHWC"`` (default) or ``"NCHW"``.
+      rngs: parameter initialisation keys (default ``nnx.Rngs(0)``).
+    """
+    make = _extractor_factory(name, width, layout)
+    if priors is None:
+        priors = default_prior_spec(name, image_size, width)
+    elif image_size is not None and image_size != priors.image_size:
+        raise ValueError(f"image_size={image_size} but the prior spec {priors.name!r} is for {priors.image_size}")
+    if name != "ssdlite_mobilenetv2" and width != 1.0:
+        raise ValueError(f"width multiplier applies only to ssdlite_mobilenetv2, not {name}")
+    compute_dtype = jnp.dtype(compute_dtype)
+    if compute_dtype not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16)):
+        raise ValueError(f"compute_dtype must be float32 or bfloat16, got {compute_dtype}")
+    rngs = rngs if rngs is not None else nnx.Rngs(0)
+    extractor = make(compute_dtype, rngs)
+    return ssd.SSD(extractor, _HEADS[name], priors, num_classes, name=name, compute_dtype=compute_dtype, rngs=rngs)

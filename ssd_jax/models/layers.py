@@ -1,0 +1,298 @@
+"""Building blocks shared by the SSD networks: convolution, pooling, L2 normalisation.
+
+All blocks keep float32 parameters and compute in ``compute_dtype`` (float32 or
+bfloat16). Activations are laid out ``NHWC`` (the default, what the network takes and
+what XLA prefers on GPU/TPU) or ``NCHW`` (an option measured by the CPU benchmark); the
+kernels are stored ``HWIO`` either way, so parameters do not depend on the layout.
+
+Every spatial block can describe itself as a :class:`ssd_jax.receptive_field.Layer`, so
+the networks derive their feature-map sizes and receptive fields from the same numbers
+that build their convolutions.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from ssd_jax.receptive_field import Layer
+
+Array = jax.Array
+Initializer = Callable[..., Array]
+
+LAYOUTS = ("NHWC", "NCHW")
+
+def _fans(shape) -> tuple[int, int]:
+    """fan_in, fan_out of a ``HWIO`` kernel (torch's rule on the ``OIHW`` transpose)."""
+    receptive = int(np.prod(shape[:-2])) if len(shape) > 2 else 1
+    return shape[-2] * receptive, shape[-1] * receptive
+
+
+def _host_init(kind: str, jax_init: Initializer) -> Initializer:
+    """An initializer that draws on the host with numpy, seeded from the jax key.
+
+    Why: XLA:CPU compiles one RNG program per distinct parameter shape, which made the
+    first construction of a network take 12-20 s; numpy needs no compilation. The numbers
+    are a deterministic function of the key. Under tracing (``nnx.eval_shape``, ``jit``),
+    where the key has no value, the equivalent ``jax.nn.initializers`` one is used.
+    """
+
+    def init(key, shape, dtype=jnp.float32):
+        if isinstance(key, jax.core.Tracer):
+            return jax_init(key, shape, dtype)
+        seed = np.asarray(jax.random.key_data(key)).ravel().astype(np.uint64)
+        rng = np.random.default_rng(seed)
+        fan_in, fan_out = _fans(shape)
+        if kind == "xavier_uniform":
+            limit = np.sqrt(6.0 / (fan_in + fan_out))
+            x = rng.uniform(-limit, limit, size=shape)
+        elif kind == "kaiming_normal_fan_out":
+            x = rng.standard_normal(size=shape, dtype=np.float32) * np.sqrt(2.0 / fan_out)
+        else:
+            raise ValueError(f"unknown initializer {kind!r}")
+        return jnp.asarray(x, dtype=dtype)
+
+    return init
+
+
+#: Xavier-uniform (Glorot), the SSD paper's / torchvision's init for the new layers:
+#: for a ``HWIO`` kernel fan_in = k*k*in, fan_out = k*k*out, as torch's
+#: ``xavier_uniform_`` on ``OIHW``.
+xavier_uniform: Initializer = _host_init("xavier_uniform", nnx.initializers.xavier_uniform())
+#: torchvision's VGG / MobileNet conv init: ``kaiming_normal_(mode="fan_out", relu)``.
+kaiming_normal_fan_out: Initializer = _host_init(
+    "kaiming_normal_fan_out", nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
+)
+
+
+def check_layout(layout: str) -> str:
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    return layout
+
+
+def channel_axis(layout: str) -> int:
+    return -1 if layout == "NHWC" else 1
+
+
+def conv2d(
+    x: Array,
+    kernel: Array,
+    bias: Array | None,
+    *,
+    stride: int = 1,
+    padding: int = 0,
+    dilation: int = 1,
+    groups: int = 1,
+    layout: str = "NHWC",
+    compute_dtype=jnp.float32,
+) -> Array:
+    """2-D convolution of ``x`` (``[B,H,W,C]`` or ``[B,C,H,W]``) with a ``HWIO`` kernel.
+
+    Symmetric integer ``padding`` as PyTorch's ``Conv2d``; output in ``compute_dtype``.
+    """
+    x = x.astype(compute_dtype)
+    y = jax.lax.conv_general_dilated(
+        x,
+        kernel.astype(compute_dtype),
+        window_strides=(stride, stride),
+        padding=((padding, padding), (padding, padding)),
+        rhs_dilation=(dilation, dilation),
+        dimension_numbers=(layout, "HWIO", layout),
+        feature_group_count=groups,
+    )
+    if bias is not None:
+        shape = (1, 1, 1, -1) if layout == "NHWC" else (1, -1, 1, 1)
+        y = y + bias.astype(compute_dtype).reshape(shape)
+    return y
+
+
+def depthwise_conv2d(
+    x: Array, kernel: Array, bias: Array | None, *, stride: int = 1, padding: int = 0,
+    dilation: int = 1, layout: str = "NHWC", compute_dtype=jnp.float32,
+) -> Array:
+    """Depthwise convolution (``kernel [k, k, 1, C]``) as a sum of k*k shifted products.
+
+    Same result as ``conv2d(..., groups=C)``, but XLA:CPU runs (and differentiates) this
+    as fused elementwise work: its grouped-convolution gradients made the SSDLite train
+    step ~16x slower than torchvision (benchmarks/RESULTS_network.md).
+    """
+    k = kernel.shape[0]
+    x = x.astype(compute_dtype)
+    w = kernel.astype(compute_dtype)[:, :, 0, :]  # [k, k, C]
+    sp = (1, 2) if layout == "NHWC" else (2, 3)
+    pads = [(0, 0)] * 4
+    for ax in sp:
+        pads[ax] = (padding, padding)
+    xp = jnp.pad(x, pads)
+    h_out = (x.shape[sp[0]] + 2 * padding - dilation * (k - 1) - 1) // stride + 1
+    w_out = (x.shape[sp[1]] + 2 * padding - dilation * (k - 1) - 1) // stride + 1
+    cshape = (1, 1, 1, -1) if layout == "NHWC" else (1, -1, 1, 1)
+    y = None
+    for dy in range(k):
+        for dx in range(k):
+            start = [0, 0, 0, 0]
+            limit = list(xp.shape)
+            strides = [1, 1, 1, 1]
+            start[sp[0]], start[sp[1]] = dy * dilation, dx * dilation
+            limit[sp[0]] = dy * dilation + (h_out - 1) * stride + 1
+            limit[sp[1]] = dx * dilation + (w_out - 1) * stride + 1
+            strides[sp[0]] = strides[sp[1]] = stride
+            term = jax.lax.slice(xp, start, limit, strides) * w[dy, dx].reshape(cshape)
+            y = term if y is None else y + term
+    if bias is not None:
+        y = y + bias.astype(compute_dtype).reshape(cshape)
+    return y
+
+
+class Conv2d(nnx.Module):
+    """A convolution with PyTorch-style symmetric padding and a ``HWIO`` float32 kernel.
+
+    Attributes:
+      kernel: ``[k, k, in/groups, out]`` float32 parameter.
+      bias: ``[out]`` float32 parameter, or ``None``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        *,
+        stride: int = 1,
+        padding: int = 0,
+        dilation: int = 1,
+        groups: int = 1,
+        use_bias: bool = True,
+        kernel_init: Initializer = xavier_uniform,
+        layout: str = "NHWC",
+        compute_dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(
+                f"channels {in_channels}->{out_channels} not divisible by groups={groups}"
+            )
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+        self.dilation, self.groups = dilation, groups
+        self.layout = check_layout(layout)
+        self.compute_dtype = compute_dtype
+        shape = (kernel_size, kernel_size, in_channels // groups, out_channels)
+        self.kernel = nnx.Param(kernel_init(rngs.params(), shape, jnp.float32))
+        self.bias = nnx.Param(jnp.zeros((out_channels,), jnp.float32)) if use_bias else None
+
+    def __call__(self, x: Array) -> Array:
+        if self.groups > 1 and self.groups == self.in_channels == self.out_channels and self.kernel_size > 1:
+            return depthwise_conv2d(
+                x, self.kernel[...], None if self.bias is None else self.bias[...], stride=self.stride,
+                padding=self.padding, dilation=self.dilation, layout=self.layout, compute_dtype=self.compute_dtype,
+            )
+        return conv2d(
+            x,
+            self.kernel[...],
+            None if self.bias is None else self.bias[...],
+            stride=self.stride,
+            padding=self.padding,
+            dilation=self.dilation,
+            groups=self.groups,
+            layout=self.layout,
+            compute_dtype=self.compute_dtype,
+        )
+
+    def layer(self, name: str) -> Layer:
+        """This convolution as a receptive-field :class:`Layer`."""
+        return Layer(name, self.kernel_size, self.stride, self.padding, self.dilation)
+
+
+def max_pool(
+    x: Array, kernel: int, stride: int, padding: int = 0, ceil_mode: bool = False, layout: str = "NHWC"
+) -> Array:
+    """Max pooling with PyTorch's semantics (``-inf`` padding, optional ceil mode)."""
+    spatial = (1, 2) if layout == "NHWC" else (2, 3)
+    pads = [(0, 0)] * 4
+    for ax in spatial:
+        n = x.shape[ax]
+        n_out = Layer("pool", kernel, stride, padding, 1, ceil_mode).output_size(n)
+        hi = (n_out - 1) * stride + kernel - n - padding  # >= padding in ceil mode
+        pads[ax] = (padding, max(hi, 0))
+    window = [1, 1, 1, 1]
+    strides = [1, 1, 1, 1]
+    for ax in spatial:
+        window[ax], strides[ax] = kernel, stride
+    # a Python -inf init lets JAX recognise the max monoid (differentiable reduce_window_max)
+    return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, window, strides, pads)
+
+
+def pool_layer(name: str, kernel: int, stride: int, padding: int = 0, ceil_mode: bool = False) -> Layer:
+    return Layer(name, kernel, stride, padding, 1, ceil_mode)
+
+
+class L2Norm(nnx.Module):
+    """Per-position L2 normalisation over channels with a learnable per-channel scale.
+
+    ``y = scale * x / max(||x||_2, eps)`` (torchvision's ``scale_weight * F.normalize(x)``;
+    ParseNet / SSD conv4_3_norm). The norm is computed in float32 whatever the
+    compute dtype. ``scale`` is a ``[C]`` float32 parameter initialised to ``init``.
+    """
+
+    def __init__(self, channels: int, init: float = 20.0, eps: float = 1e-12, *, layout: str = "NHWC", compute_dtype=jnp.float32):
+        self.scale = nnx.Param(jnp.full((channels,), init, jnp.float32))
+        self.eps = eps
+        self.layout = check_layout(layout)
+        self.compute_dtype = compute_dtype
+
+    def __call__(self, x: Array) -> Array:
+        axis = channel_axis(self.layout)
+        x32 = x.astype(jnp.float32)
+        norm = jnp.sqrt(jnp.sum(x32 * x32, axis=axis, keepdims=True))
+        shape = (1, 1, 1, -1) if self.layout == "NHWC" else (1, -1, 1, 1)
+        y = x32 / jnp.maximum(norm, self.eps) * self.scale[...].reshape(shape)
+        return y.astype(self.compute_dtype)
+
+
+class ConvBNAct(nnx.Module):
+    """Convolution (no bias) + batch norm + optional ReLU6, as torchvision's
+    ``Conv2dNormActivation`` in MobileNetV2 / SSDLite.
+
+    Batch norm uses the batch statistics and updates its running averages when called
+    with ``train=True``, and the running averages otherwise.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        *,
+        stride: int = 1,
+        groups: int = 1,
+        activation: bool = True,
+        kernel_init: Initializer = kaiming_normal_fan_out,
+        bn_momentum: float = 0.97,
+        bn_epsilon: float = 1e-3,
+        layout: str = "NHWC",
+        compute_dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        self.conv = Conv2d(
+            in_channels, out_channels, kernel_size, stride=stride, padding=(kernel_size - 1) // 2,
+            groups=groups, use_bias=False, kernel_init=kernel_init, layout=layout,
+            compute_dtype=compute_dtype, rngs=rngs,
+        )
+        self.bn = nnx.BatchNorm(
+            out_channels, axis=channel_axis(layout), momentum=bn_momentum, epsilon=bn_epsilon,
+            dtype=compute_dtype, param_dtype=jnp.float32, rngs=rngs,
+        )
+        self.activation = activation
+
+    def __call__(self, x: Array, train: bool) -> Array:
+        y = self.bn(self.conv(x), use_running_average=not train)
+        return jax.nn.relu6(y) if self.activation else y
+
+    def layer(self, name: str) -> Layer:
+        return self.conv.layer(name)

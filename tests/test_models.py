@@ -1,0 +1,332 @@
+"""Tests of ssd_jax.models: shapes, prior counts, parameter count, spec checks, dtypes,
+batch norm, the pure split/apply pattern, layouts, receptive fields.
+
+Paper-size networks are checked abstractly (``nnx.eval_shape`` / ``jax.eval_shape``: no
+compute); numerics use the light model at small sizes.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from ssd_jax import anchors, models
+from ssd_jax.models import heads, layers, mobilenet, params_io, preprocessing
+from ssd_jax.receptive_field import receptive_fields
+
+
+def abstract_model(name, num_classes=20, **kw):
+    return nnx.eval_shape(lambda: models.build_model(name, num_classes, **kw))
+
+
+def abstract_outputs(model, batch=2):
+    g, p, s = models.split(model)
+    size = model.spec.image_size
+    x = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32)
+    return jax.eval_shape(functools.partial(models.apply, g, train=False), p, s, x)[0]
+
+
+def source_shapes(model, batch=1):
+    g, p, s = models.split(model)
+    size = model.spec.image_size
+    x = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32)
+
+    def feats(p, s, x):
+        return nnx.merge(g, p, s).source_features(x)
+
+    return [f.shape for f in jax.eval_shape(feats, p, s, x)]
+
+
+@pytest.fixture(scope="module")
+def lite():
+    """A small light model: width 0.5, 96x96, 3 object classes."""
+    return models.build_model("ssdlite_mobilenetv2", 3, image_size=96, width=0.5, rngs=nnx.Rngs(0))
+
+
+def images(batch, size, seed=0):
+    return jax.random.normal(jax.random.key(seed), (batch, size, size, 3), jnp.float32)
+
+
+# --- paper networks: structure ---------------------------------------------------------
+
+
+def test_ssd300_parameter_count_matches_torchvision():
+    assert models.count_params(abstract_model("ssd300_vgg16", 20)) == 26_285_486
+
+
+@pytest.mark.parametrize(
+    "name,spec,sizes",
+    [
+        ("ssd300_vgg16", anchors.SSD300_VOC, (38, 19, 10, 5, 3, 1)),
+        ("ssd300_vgg16", anchors.SSD300_COCO, (38, 19, 10, 5, 3, 1)),
+        ("ssd512_vgg16", anchors.SSD512_VOC, (64, 32, 16, 8, 4, 2, 1)),
+    ],
+)
+def test_paper_networks_shapes_and_prior_count(name, spec, sizes):
+    model = abstract_model(name, 20, priors=spec)
+    assert models.network_feature_sizes(name, spec.image_size) == sizes
+    assert [s[1:3] for s in source_shapes(model)] == [(f, f) for f in sizes]
+    assert [s[3] for s in source_shapes(model)] == list(model.extractor.out_channels)
+    logits, offsets = abstract_outputs(model, batch=2)
+    assert logits.shape == (2, spec.num_priors, 21) and offsets.shape == (2, spec.num_priors, 4)
+    assert logits.dtype == offsets.dtype == jnp.float32
+    assert spec.num_priors == {300: 8732, 512: 24564}[spec.image_size]
+
+
+def test_ssd300_channels_and_fc6():
+    model = abstract_model("ssd300_vgg16")
+    ex = model.extractor
+    assert ex.out_channels == (512, 1024, 512, 256, 256, 256)
+    assert ex.fc6.kernel.shape == (3, 3, 512, 1024) and ex.fc6.dilation == 6 and ex.fc6.padding == 6
+    assert ex.fc7.kernel.shape == (1, 1, 1024, 1024)
+    assert ex.conv4_3_norm.scale.shape == (512,)
+    assert [h.kernel.shape[-1] for h in model.head.cls] == [4 * 21, 6 * 21, 6 * 21, 6 * 21, 4 * 21, 4 * 21]
+
+
+def test_l2norm_scale_initialised_to_20_and_normalises():
+    norm = layers.L2Norm(8)
+    np.testing.assert_array_equal(np.asarray(norm.scale[...]), np.full(8, 20.0, np.float32))
+    x = images(2, 5)[..., :3].repeat(3, axis=-1)[..., :8]
+    y = norm(x)
+    np.testing.assert_allclose(np.linalg.norm(np.asarray(y), axis=-1), 20.0, rtol=1e-5)
+    # and the model's conv4_3 norm is one of these, initialised to 20
+    m = models.build_model("ssd300_vgg16", 2)
+    np.testing.assert_array_equal(np.asarray(m.extractor.conv4_3_norm.scale[...]), 20.0)
+
+
+def test_receptive_fields_of_ssd300():
+    model = abstract_model("ssd300_vgg16")
+    infos = [receptive_fields(stack, 300)[-1] for stack in model.layer_stacks()]
+    assert [i.size for i in infos] == [38, 19, 10, 5, 3, 1]
+    assert [i.jump for i in infos[:4]] == [8, 16, 32, 64]
+    assert infos[0].receptive_field == 92  # VGG16 conv4_3
+
+
+def test_new_layers_xavier_uniform_zero_bias():
+    m = models.build_model("ssd300_vgg16", 2)
+    k = np.asarray(m.extractor.conv8_2.kernel[...])
+    fan_in, fan_out = 9 * 256, 9 * 512
+    limit = np.sqrt(6 / (fan_in + fan_out))
+    assert np.abs(k).max() <= limit and np.abs(k).max() > 0.95 * limit
+    np.testing.assert_allclose(k.std(), limit / np.sqrt(3), rtol=0.02)
+    for conv in (m.extractor.fc6, m.extractor.conv8_2, m.head.cls[0], m.head.box[5]):
+        assert not np.any(np.asarray(conv.bias[...]))
+
+
+# --- spec / network agreement -------------------------------------------------------------
+
+
+def test_spec_network_mismatch_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"disagree.*sizes \(38, 19, 10, 5, 3, 2, 1\), the spec expects 6 maps"):
+        nnx.eval_shape(lambda: models.build_model("ssd512_vgg16", 20, priors=anchors.SSD300_VOC))
+    bad = anchors.PriorSpec.from_scales(96, (6, 3, 2, 1, 1, 9), [0.1] * 7, [(2.0,)] * 6)
+    with pytest.raises(ValueError, match="disagree"):
+        nnx.eval_shape(lambda: models.build_model("ssdlite_mobilenetv2", 3, priors=bad, width=0.5))
+    with pytest.raises(ValueError, match="defined at 300x300"):
+        models.build_model("ssd300_vgg16", 20, image_size=320)
+    with pytest.raises(ValueError, match="unknown model"):
+        models.build_model("ssd300_resnet", 20)
+
+
+def test_input_size_mismatch_is_a_clear_error(lite):
+    with pytest.raises(ValueError, match=r"expects NHWC images \[B,96,96,3\]"):
+        lite(jnp.zeros((1, 3, 96, 96)))
+
+
+@pytest.mark.parametrize("size", [320, 256, 160, 128])
+def test_light_prior_spec_follows_the_network(size):
+    spec = models.ssdlite_prior_spec(size)
+    model = abstract_model("ssdlite_mobilenetv2", 5, image_size=size)
+    assert [s[1] for s in source_shapes(model)] == list(spec.feature_sizes)
+    assert spec.boxes_per_cell == (6,) * 6
+    logits, offsets = abstract_outputs(model, batch=1)
+    assert logits.shape == (1, spec.num_priors, 6) and offsets.shape == (1, spec.num_priors, 4)
+    if size == 320:
+        assert spec.feature_sizes == (20, 10, 5, 3, 2, 1)
+        assert model.extractor.out_channels == (576, 1280, 512, 256, 256, 128)
+
+
+def test_mobilenet_v2_width_one_matches_torchvision_parameter_count():
+    # torchvision mobilenet_v2().features has 2,223,872 parameters (classifier excluded).
+    ex = nnx.eval_shape(lambda: mobilenet.MobileNetV2Extractor(1.0, rngs=nnx.Rngs(0)))
+    n_backbone = models.count_params(ex.stem) + models.count_params(ex.blocks) + models.count_params(ex.last)
+    assert n_backbone == 2_223_872
+
+
+# --- prediction order ---------------------------------------------------------------------
+
+
+def test_head_output_order_is_map_cell_box():
+    head = heads.SSDHead((4, 4), (2, 3), num_outputs=5, rngs=nnx.Rngs(0))
+    f0, f1 = images(1, 3)[..., :3], images(1, 2, seed=1)[..., :3]
+    f0, f1 = jnp.concatenate([f0, f0[..., :1]], -1), jnp.concatenate([f1, f1[..., :1]], -1)
+    logits, offsets = head([f0, f1])
+    assert logits.shape == (1, 3 * 3 * 2 + 2 * 2 * 3, 5) and offsets.shape == (1, 30, 4)
+    raw1 = head.cls[1](f1)  # [1, 2, 2, 3*5]
+    # map 1, cell (row 1, col 0), box 2, class 4: prior index 18 + (1*2 + 0)*3 + 2
+    np.testing.assert_allclose(logits[0, 18 + 2 * 3 + 2, 4], raw1[0, 1, 0, 2 * 5 + 4], rtol=1e-6)
+    raw0 = head.box[0](f0)
+    np.testing.assert_allclose(offsets[0, (2 * 3 + 1) * 2 + 1], raw0[0, 2, 1, 4:8], rtol=1e-6)
+
+
+# --- numerics: dtypes, batch norm, jit + grad ---------------------------------------------
+
+
+def test_bfloat16_forward_close_to_float32(lite):
+    g, p, s = models.split(lite)
+    x = images(2, 96)
+    lite16 = models.build_model("ssdlite_mobilenetv2", 3, image_size=96, width=0.5, compute_dtype=jnp.bfloat16)
+    params_io.assign(lite16, params_io.flatten(nnx.to_pure_dict(p)), strict=True)
+    assert all(v.dtype == jnp.float32 for v in jax.tree.leaves(nnx.state(lite16, nnx.Param)))
+    l32, o32 = jax.jit(functools.partial(models.apply, g, train=False))(p, s, x)[0]
+    g16, p16, s16 = models.split(lite16)
+    l16, o16 = jax.jit(functools.partial(models.apply, g16, train=False))(p16, s16, x)[0]
+    assert l16.dtype == jnp.float32
+    for a, b in ((l16, l32), (o16, o32)):
+        a, b = np.asarray(a), np.asarray(b)
+        assert np.abs(a - b).max() <= 0.05 * np.abs(b).max() + 1e-3
+        assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.999
+
+
+def test_vgg_bfloat16_layers_close_to_float32():
+    conv = layers.Conv2d(16, 32, 3, padding=6, dilation=6, rngs=nnx.Rngs(0))
+    x = images(1, 20)[..., :1].repeat(16, -1)
+    y32 = conv(x)
+    conv.compute_dtype = jnp.bfloat16
+    y16 = conv(x)
+    assert y16.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(y16, np.float32), y32, atol=0.03 * float(jnp.abs(y32).max()))
+
+
+def test_batch_norm_train_vs_eval(lite):
+    g, p, s = models.split(lite)
+    x = images(4, 96)
+    apply = jax.jit(models.apply, static_argnums=(0, 4))
+    (l_eval, _), s_eval = apply(g, p, s, x, False)
+    (l_train, _), s_train = apply(g, p, s, x, True)
+    before, after_eval, after_train = (params_io.flatten(nnx.to_pure_dict(t)) for t in (s, s_eval, s_train))
+    assert before and all(k.endswith(("/mean", "/var")) for k in before)
+    # eval: running averages untouched; train: they move (every variance; the means
+    # of a 1x1 conv after a batch-normalised linear layer stay ~0, as they should)
+    for k in before:
+        np.testing.assert_array_equal(after_eval[k], before[k])
+    moved = [k for k in before if not np.allclose(after_train[k], before[k])]
+    assert {k for k in before if k.endswith("/var")} <= set(moved)
+    assert len(moved) > 0.8 * len(before)
+    # at init the running stats are (0, 1): eval and train outputs differ
+    assert not np.allclose(l_eval, l_train, atol=1e-3)
+    # eval is per-sample; train depends on the batch
+    (l_eval_one, _), _ = apply(g, p, s, x[:1], False)
+    np.testing.assert_allclose(l_eval_one[0], l_eval[0], rtol=1e-4, atol=1e-5)
+    (l_train_one, _), _ = apply(g, p, s, jnp.concatenate([x[:1], x[:1] * 0.1]), True)
+    assert not np.allclose(l_train_one[0], l_train[0], atol=1e-3)
+    # the model object itself was not mutated by the pure apply
+    assert np.array_equal(params_io.flatten(nnx.to_pure_dict(nnx.state(lite, nnx.BatchStat)))[k], before[k])
+
+
+def test_jitted_forward_backward_sgd_step(lite):
+    g, p, s = models.split(lite)
+    x = images(2, 96)
+    opt = optax.sgd(1e-2, momentum=0.9)
+    opt_state = opt.init(p)
+
+    @jax.jit
+    def step(p, s, opt_state, x):
+        def loss_fn(p):
+            (logits, offsets), new_s = models.apply(g, p, s, x, train=True)
+            loss = jnp.mean(jax.nn.logsumexp(logits, -1) - logits[..., 0]) + jnp.mean(jnp.abs(offsets))
+            return loss, new_s
+
+        (loss, new_s), grads = jax.value_and_grad(loss_fn, has_aux=True)(p)
+        updates, opt_state = opt.update(grads, opt_state, p)
+        return optax.apply_updates(p, updates), new_s, opt_state, loss, grads
+
+    p2, s2, _, loss, grads = step(p, s, opt_state, x)
+    assert np.isfinite(float(loss))
+    flat_g = params_io.flatten(nnx.to_pure_dict(grads))
+    assert all(np.all(np.isfinite(v)) for v in flat_g.values())
+    assert np.abs(flat_g["extractor/stem/conv/kernel"]).sum() > 0
+    assert np.abs(flat_g["head/cls/0/pointwise/kernel"]).sum() > 0
+    assert jax.tree.structure(p2) == jax.tree.structure(p)
+    assert not np.allclose(p2["extractor"]["stem"]["conv"]["kernel"][...], p["extractor"]["stem"]["conv"]["kernel"][...])
+
+
+def test_nchw_layout_gives_the_same_outputs(lite):
+    g, p, s = models.split(lite)
+    nchw = models.build_model("ssdlite_mobilenetv2", 3, image_size=96, width=0.5, layout="NCHW")
+    params_io.assign(nchw, params_io.flatten(nnx.to_pure_dict(p)), strict=True)
+    x = images(2, 96)
+    # eval mode: train-mode batch norm over 1x1 maps with batch 2 amplifies rounding
+    a = jax.jit(functools.partial(models.apply, g, train=False))(p, s, x)[0]
+    g2, p2, s2 = models.split(nchw)
+    b = jax.jit(functools.partial(models.apply, g2, train=False))(p2, s2, x)[0]
+    for u, v in zip(a, b):
+        np.testing.assert_allclose(u, v, rtol=1e-4, atol=1e-4 * float(jnp.abs(v).max()))
+
+
+@pytest.mark.parametrize("layout,stride,size", [("NHWC", 1, 7), ("NHWC", 2, 7), ("NHWC", 2, 8), ("NCHW", 2, 5)])
+def test_depthwise_shifted_equals_grouped_conv(layout, stride, size):
+    x = images(2, size)[..., :1].repeat(6, -1) * jnp.arange(1, 7)
+    if layout == "NCHW":
+        x = jnp.transpose(x, (0, 3, 1, 2))
+    k = jax.random.normal(jax.random.key(3), (3, 3, 1, 6))
+    b = jnp.arange(6.0)
+    kw = dict(stride=stride, padding=1, layout=layout)
+    ref = layers.conv2d(x, k, b, groups=6, **kw)
+    np.testing.assert_allclose(layers.depthwise_conv2d(x, k, b, **kw), ref, rtol=1e-5, atol=1e-5)
+    g1 = jax.grad(lambda k: (layers.conv2d(x, k, b, groups=6, **kw) ** 2).sum())(k)
+    g2 = jax.grad(lambda k: (layers.depthwise_conv2d(x, k, b, **kw) ** 2).sum())(k)
+    np.testing.assert_allclose(g2, g1, rtol=1e-4)
+
+
+def test_max_pool_ceil_mode():
+    x = jnp.arange(5 * 5, dtype=jnp.float32).reshape(1, 5, 5, 1)
+    y = layers.max_pool(x, 2, 2, 0, ceil_mode=True)
+    assert y.shape == (1, 3, 3, 1)
+    np.testing.assert_array_equal(y[0, :, :, 0], [[6, 8, 9], [16, 18, 19], [21, 23, 24]])
+    assert layers.max_pool(jnp.zeros((1, 75, 75, 2)), 2, 2, 0, ceil_mode=True).shape == (1, 38, 38, 2)
+    assert layers.max_pool(jnp.zeros((1, 2, 19, 19)), 3, 1, 1, layout="NCHW").shape == (1, 2, 19, 19)
+    grad = jax.jit(jax.grad(lambda x: layers.max_pool(x, 2, 2, 0, ceil_mode=True).sum()))(x)
+    assert float(grad.sum()) == 9.0 and grad[0, 4, 4, 0] == 1.0  # one max per window
+    grad = jax.grad(lambda x: layers.max_pool(x, 3, 1, 1).sum())(x.astype(jnp.bfloat16))
+    assert grad.dtype == jnp.bfloat16
+
+
+# --- preprocessing and checkpoint io ------------------------------------------------------
+
+
+def test_normalize_conventions():
+    px = np.array([[[[255, 0, 128]]]], np.uint8)
+    tv = np.asarray(preprocessing.normalize(px, "torchvision"))
+    np.testing.assert_allclose(tv[0, 0, 0], [(1 - 0.485) / 0.229, (0 - 0.456) / 0.224, (128 / 255 - 0.406) / 0.225], rtol=1e-5)
+    caffe = preprocessing.normalize(px, preprocessing.CAFFE_VGG, xp=np)
+    np.testing.assert_allclose(caffe[0, 0, 0], [255 - 123.0, 0 - 117.0, 128 - 104.0], atol=0.01)
+    np.testing.assert_array_equal(preprocessing.denormalize(tv, "torchvision"), px)
+    assert models.default_normalization("ssd300_vgg16") == "caffe_vgg"
+    with pytest.raises(ValueError, match="unknown normalisation"):
+        preprocessing.normalize(px, "imagenet")
+
+
+def test_converted_checkpoint_round_trip(lite, tmp_path):
+    g, p, s = models.split(lite)
+    flat_p = params_io.flatten(nnx.to_pure_dict(p))
+    flat_s = params_io.flatten(nnx.to_pure_dict(s))
+    root = params_io.save_converted(str(tmp_path), flat_p, {"source": "test", "model": "ssdlite_mobilenetv2"}, flat_s)
+    assert root.endswith("converted")
+    conv = params_io.load_converted(str(tmp_path))
+    assert conv.meta["model"] == "ssdlite_mobilenetv2" and set(conv.params) == set(flat_p)
+    fresh = models.build_model("ssdlite_mobilenetv2", 3, image_size=96, width=0.5, rngs=nnx.Rngs(7))
+    params_io.assign(fresh, conv.params, strict=True)
+    params_io.assign(fresh, conv.model_state, variables=nnx.BatchStat, strict=True)
+    x = images(1, 96)
+    np.testing.assert_array_equal(fresh(x)[0], lite(x)[0])
+    with pytest.raises(FileExistsError):
+        params_io.save_converted(str(tmp_path), flat_p, {})
+    with pytest.raises(ValueError, match="shape"):
+        params_io.assign(fresh, {"extractor/stem/conv/kernel": np.zeros((1, 1, 1, 1))})
+    with pytest.raises(KeyError, match="not in the model"):
+        params_io.assign(fresh, {"extractor/nope/kernel": np.zeros(1)})
