@@ -58,7 +58,7 @@ def ssdlite_prior_spec(image_size: int = 320, width: float = 1.0) -> anchors.Pri
     m = len(sizes)
     scales = [SSDLITE_MIN_RATIO + (SSDLITE_MAX_RATIO - SSDLITE_MIN_RATIO) * k / (m - 1) for k in range(m)] + [1.0]
     return anchors.PriorSpec.from_scales(
-        image_size, sizes, scales, [(2.0, 3.0)] * m, steps=None, clip=True, name=f"SSDLITE{image_size}",
+        image_size, sizes, scales, [(2.0, 3.0)] * m, steps=None, clip="size", name=f"SSDLITE{image_size}",
     )
 
 
