@@ -10,8 +10,11 @@
 (b) VOC and COCO metrics over 1,000 images x 100 detections, 20 classes: ours
     (``evaluate_voc``: both AP definitions; ``evaluate_coco``: conversion + engine)
     against pycocotools' ``COCOeval`` on the same data (if importable).
+(c) full evaluation throughput: SSD300-VGG16 forward (inference mode) + ``detect`` in one
+    jit, batch 8 of 300x300 images, against torchvision's ``ssd300_vgg16`` eval (recorded
+    2.4 images/s on this machine; measured here when torch is importable in this process).
 
-Prints a table; record it in benchmarks/RESULTS_eval.md with date, machine and versions.
+Prints a table; record it in benchmarks/RESULTS.md with date, machine and versions.
 Timings are medians of repeated runs after a warm-up (jit compilation excluded, and
 reported separately).
 """
@@ -35,6 +38,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BATCH, NUM_CLASSES_BG = 8, 21
 RECORDED_TORCHVISION_MS_PER_IMAGE = 17.0  # torchvision 0.29 on this 2-core machine
 RECORDED_PYCOCOTOOLS_S = 5.5  # pycocotools 2.0.x, 1,000 x 100 x 20, "5-6 s"
+RECORDED_TORCHVISION_EVAL_IMG_S = 2.4  # torchvision 0.29 ssd300_vgg16 eval, batch 8, this machine
 
 
 def _median_time(fn, repeats):
@@ -96,6 +100,45 @@ def bench_detect(repeats):
     return sec, compile_s
 
 
+def bench_full_eval(repeats):
+    """Images/s of network forward + detect (one jit), SSD300-VGG16, batch 8, 21 classes."""
+    import jax
+    import jax.numpy as jnp
+
+    from ssd_jax import anchors, postprocess
+    from ssd_jax.models import factory, ssd
+
+    model = factory.build_model("ssd300_vgg16", 20)
+    graphdef, params, model_state = ssd.split(model)
+    priors = jnp.asarray(anchors.generate(model.spec))
+
+    @jax.jit
+    def infer(params, model_state, images):
+        (logits, offsets), _ = ssd.apply(graphdef, params, model_state, images, train=False)
+        return postprocess.detect(logits, offsets, priors)
+
+    images = jnp.asarray(np.random.default_rng(0).normal(size=(BATCH, 300, 300, 3)), jnp.float32)
+    t = time.perf_counter()
+    jax.block_until_ready(infer(params, model_state, images))
+    compile_s = time.perf_counter() - t
+    sec = _median_time(lambda: jax.block_until_ready(infer(params, model_state, images)), repeats)
+    return BATCH / sec, compile_s
+
+
+def torchvision_full_eval(repeats):
+    """Images/s of torchvision's ssd300_vgg16 in eval mode (transform + network + postprocess)."""
+    import torch
+    from torchvision.models.detection import ssd300_vgg16
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    model = ssd300_vgg16(weights=None, weights_backbone=None, num_classes=21).eval()
+    images = [torch.rand(3, 300, 300) for _ in range(BATCH)]
+    with torch.no_grad():
+        model(images)
+        sec = _median_time(lambda: model(images), repeats)
+    return BATCH / sec
+
+
 def eval_dataset(seed=0, num_images=1000, dets_per_image=100, num_classes=20):
     """Truths (1-14 per image) and 100 detections per image, half near a truth."""
     from ssd_jax.evaluation.records import GroundTruth, ImageDetections
@@ -149,7 +192,7 @@ def pycocotools_reference(truths, dets, category_ids):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--torch-python", default="/work/tvenv/bin/python",
+    parser.add_argument("--torch-python", default=os.environ.get("SSD_JAX_TORCH_PYTHON"),
                         help="python with torch+torchvision for the reference, if this one lacks it")
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
     parser.add_argument("--torchvision-reference", action="store_true", help=argparse.SUPPRESS)
@@ -216,9 +259,19 @@ def main():
     rows.append(("COCO AP/AR, 1000 img x 100 det, 20 cls", coco_s, ref_s, "s", ref_s / coco_s,
                  f"{note}; engine faster-coco-eval {faster_coco_eval.__version__}"))
 
+    # (c) full evaluation throughput
+    img_s, full_compile_s = bench_full_eval(2 if args.quick else 3)
+    try:
+        ref_img_s, ref_note = torchvision_full_eval(2 if args.quick else 3), "measured (this process)"
+    except ImportError:
+        ref_img_s, ref_note = RECORDED_TORCHVISION_EVAL_IMG_S, "recorded"
+    rows.append(("full eval SSD300 batch 8 (network + detect)", img_s, ref_img_s, "im/s",
+                 img_s / ref_img_s, f"torchvision ssd300_vgg16 eval, {ref_note}; "
+                 f"ours first call (compile) {full_compile_s:.1f} s"))
+
     print(f"python {platform.python_version()}, jax {jax.__version__}, numpy {np.__version__}, "
           f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}")
-    print(f"{'benchmark':52s} {'ours':>9s} {'reference':>10s} {'unit':>4s} {'ref/ours':>9s}  note")
+    print(f"{'benchmark':52s} {'ours':>9s} {'reference':>10s} {'unit':>4s} {'speed-up':>9s}  note")
     for what, ours_v, ref_v, unit, ratio, note in rows:
         print(f"{what:52s} {ours_v:9.3f} {ref_v:10.3f} {unit:>4s} {ratio:8.1f}x  {note}")
 
