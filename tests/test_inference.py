@@ -1,0 +1,95 @@
+"""ssd_jax.inference + evaluation.from_source + visualize: the eval loop end to end."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ssd_jax import inference, postprocess, visualize
+from ssd_jax.data import builtin, pipeline
+from ssd_jax.evaluation import from_source, voc
+from ssd_jax.evaluation.records import GroundTruth, ImageDetections
+
+
+@pytest.fixture(scope="module")
+def tiny_source(tmp_path_factory):
+    spec = builtin.BuiltinSpec(seed=3, num_train=4, num_val=5)
+    return builtin.builtin_source("val", spec, cache_dir=tmp_path_factory.mktemp("builtin"), workers=0,
+                                  progress=False)
+
+
+def _oracle(batch_boxes, batch_labels):
+    """A 'predict' that returns the batch's truths as detections (score 1)."""
+    def predict(params, model_state, images):
+        b, g = batch_labels.shape
+        return postprocess.Detections(jnp.asarray(batch_boxes), jnp.ones((b, g)),
+                                      jnp.asarray(batch_labels), jnp.asarray(batch_labels > 0))
+    return predict
+
+
+def test_oracle_detections_score_map_1_through_padding_and_ids(tiny_source):
+    cfg = pipeline.PipelineConfig(image_size=64, batch_size=2, max_boxes=8, augment=None)
+    batches = list(pipeline.eval_dataset(tiny_source, cfg))
+    assert len(batches) == 3 and not batches[-1]["valid"][1]  # 5 images: the tail is padded
+    evaluator = from_source.make_evaluator(tiny_source, "voc")
+    evaluator.reset()
+    for batch in batches:
+        predict = _oracle(batch["boxes"], batch["labels"])
+        ids = [tiny_source.records[i].image_id if ok else None for i, ok in zip(batch["index"], batch["valid"])]
+        evaluator.add(ids, predict(None, None, batch["image"]))
+    metrics = evaluator.compute()
+    assert metrics["num_images"] == 5
+    assert metrics["mAP"] == pytest.approx(1.0)
+
+
+def test_evaluate_loop_counts_images_and_reports_rate(tiny_source):
+    cfg = pipeline.PipelineConfig(image_size=64, batch_size=2, max_boxes=8, augment=None)
+    batches = list(pipeline.eval_dataset(tiny_source, cfg))
+    seen = []
+
+    def predict(params, model_state, images):  # the same truths, looked up per call
+        batch = next(b for b in batches if b["image"] is images)
+        return _oracle(batch["boxes"], batch["labels"])(params, model_state, images)
+
+    metrics, rate = inference.evaluate(predict, None, None, batches,
+                                       from_source.make_evaluator(tiny_source, "coco"), tiny_source,
+                                       progress=seen.append)
+    assert seen == [2, 4, 5]
+    assert metrics["AP50"] == pytest.approx(1.0) and rate > 0
+
+
+def test_voc_on_continuous_boxes_equals_devkit_on_inclusive_boxes():
+    rng = np.random.default_rng(0)
+    truths, dets_cont, truths_incl, dets_incl = [], [], [], []
+    for i in range(20):
+        corner = rng.integers(1, 50, (3, 2))
+        t = np.concatenate([corner, corner + rng.integers(0, 30, (3, 2))], 1).astype(float)  # inclusive
+        d = t[rng.integers(0, 3, 6)] + rng.integers(-3, 4, (6, 4))
+        d[:, 2:] = np.maximum(d[:, 2:], d[:, :2])
+        labels, scores = rng.integers(1, 3, 3), rng.uniform(size=6)
+        det_labels = rng.integers(1, 3, 6)
+        # Inclusive devkit corners (as in the XML) and our continuous version (x0 - 1).
+        truths_incl.append(GroundTruth(i, 100, 100, t, labels))
+        dets_incl.append(ImageDetections(i, d, scores, det_labels))
+        shift = np.array([1.0, 1.0, 0.0, 0.0])
+        truths.append(GroundTruth(i, 100, 100, t - shift, labels))
+        dets_cont.append(ImageDetections(i, d - shift, scores, det_labels))
+    ours = voc.evaluate_voc(truths, dets_cont, 2, pixel_offset=0.0)
+    devkit = voc.evaluate_voc(truths_incl, dets_incl, 2, pixel_offset=1.0)
+    for a, b in zip(ours, devkit):
+        assert a.ap_area == pytest.approx(b.ap_area) and a.ap_11pt == pytest.approx(b.ap_11pt)
+
+
+def test_make_evaluator_rejects_unknown_metric(tiny_source):
+    with pytest.raises(ValueError, match="metric"):
+        from_source.make_evaluator(tiny_source, "f1")
+
+
+def test_draw_detections_marks_only_confident_boxes():
+    image = np.zeros((40, 60, 3), np.uint8)
+    boxes = np.array([[5, 5, 30, 30], [35, 10, 55, 35]], float)
+    out = np.asarray(visualize.draw_detections(image, boxes, np.array([1, 2]), np.array([0.9, 0.1]),
+                                               ["a", "b"], score_threshold=0.5))
+    assert out[5, 15].any() and out[30, 15].any()  # first box's edges drawn
+    assert not out[20, 55].any()  # the low-score box is not
+    with pytest.raises(ValueError, match="class 3"):
+        visualize.draw_detections(image, boxes, np.array([3, 1]), np.array([0.9, 0.9]), ["a", "b"])
