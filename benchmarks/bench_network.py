@@ -1,6 +1,6 @@
 """Network speed on this machine: SSD300-VGG16 inference and train step, SSDLite train step.
 
-    flock -x /tmp/cpu.lock python benchmarks/bench_network.py [--repeats 2] [--torch /work/tvenv/bin/python]
+    python benchmarks/bench_network.py [--repeats 2] [--torch /path/to/torch-venv/bin/python] [--cases a,b]
         [--variants]        # also: NCHW layout and bfloat16 compute for the SSD300 train step
         [--only jax|torch]
 
@@ -133,7 +133,10 @@ def torch_case(python: str, what: str, batch: int, repeats: int):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--torch", default="/work/tvenv/bin/python", help="python with torch+torchvision ('' to skip)")
+    ap.add_argument("--torch", default=os.environ.get("SSD_JAX_TORCH_PYTHON", ""),
+                    help="python with torch+torchvision for the measured reference (default: "
+                         "$SSD_JAX_TORCH_PYTHON; empty: use the recorded numbers)")
+    ap.add_argument("--cases", default="", help="comma-separated subset of the case keys (default: all)")
     ap.add_argument("--variants", action="store_true", help="also NCHW and bfloat16 for the SSD300 train step at batch 4")
     ap.add_argument("--only", choices=("jax", "torch"), default=None)
     ap.add_argument("--json", default=None, help="also write the results here")
@@ -148,6 +151,12 @@ def main(argv=None):
         ("ssd300_train_b8", "ssd300_vgg16", 8, True, "ssd300_train"),
         ("ssdlite_train_b16", "ssdlite_mobilenetv2", 16, True, "ssdlite_train"),
     ]
+    if args.cases:
+        wanted = set(args.cases.split(","))
+        unknown = wanted - {c[0] for c in cases}
+        if unknown:
+            ap.error(f"unknown cases {sorted(unknown)}; choose from {[c[0] for c in cases]}")
+        cases = [c for c in cases if c[0] in wanted]
     have_torch = bool(args.torch) and os.path.exists(args.torch) and args.only != "jax"
     results = {}
     for key, name, batch, train, tkey in cases:
@@ -165,7 +174,7 @@ def main(argv=None):
             row["torch_source"] = "recorded"
         results[key] = row
         print(f"{key}: {row}", file=sys.stderr, flush=True)
-    if args.variants and args.only != "torch":
+    if args.variants and args.only != "torch" and "ssd300_train_b4" in results:
         for layout, dtype in (("NCHW", "float32"), ("NHWC", "bfloat16")):
             key = f"ssd300_train_b4_{layout}_{dtype}"
             results[key] = {"model": "ssd300_vgg16", "batch": 4, "train": True,

@@ -330,3 +330,27 @@ def test_converted_checkpoint_round_trip(lite, tmp_path):
         params_io.assign(fresh, {"extractor/stem/conv/kernel": np.zeros((1, 1, 1, 1))})
     with pytest.raises(KeyError, match="not in the model"):
         params_io.assign(fresh, {"extractor/nope/kernel": np.zeros(1)})
+
+
+@pytest.mark.parametrize("kernel, stride, padding, dilation, size", [
+    (3, 1, 1, 1, 34),  # 34x34 output: the shifted-matmul kernel gradient
+    (3, 2, 1, 1, 66),  # strided, 33x33 output
+    (1, 1, 0, 1, 32),  # 1x1
+    (3, 1, 6, 6, 40),  # fc6's dilation 6
+    (3, 1, 1, 1, 9),  # small map: XLA's own kernel gradient
+])
+def test_conv_gradients_equal_xla(kernel, stride, padding, dilation, size):
+    rng = np.random.default_rng(kernel * 100 + size)
+    x = jnp.asarray(rng.normal(size=(2, size, size, 3)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(kernel, kernel, 3, 4)), jnp.float32)
+
+    def loss(conv):
+        return lambda x, w: jnp.sum(conv(x, w) ** 2)
+
+    ours = jax.grad(loss(lambda x, w: layers.conv2d(x, w, None, stride=stride, padding=padding, dilation=dilation)),
+                    (0, 1))(x, w)
+    ref = jax.grad(loss(lambda x, w: jax.lax.conv_general_dilated(
+        x, w, (stride, stride), ((padding, padding),) * 2, rhs_dilation=(dilation, dilation),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"))), (0, 1))(x, w)
+    for a, b in zip(ours, ref):
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-4)
