@@ -58,6 +58,7 @@ def evaluate(
     source: Source,
     *,
     progress: Callable[[int], None] | None = None,
+    shard: Callable[[np.ndarray], jax.Array] | None = None,
 ) -> tuple[dict[str, float], float]:
     """One pass of ``batches`` through ``predict`` into ``evaluator``.
 
@@ -67,6 +68,8 @@ def evaluate(
       evaluator: has ``reset()``, ``add(image_ids, detections)`` and ``compute()``.
       source: the records the batch indices refer to.
       progress: called with the number of images done after each batch.
+      shard: places a batch of images on the devices (e.g. split over a mesh's data
+        axis); default: jit's placement.
 
     Returns:
       ``(metrics, images_per_second)``; the rate counts real images and the wall time of
@@ -75,7 +78,8 @@ def evaluate(
     evaluator.reset()
     done, start, first_images = 0, None, 0
     for batch in batches:
-        detections = jax.device_get(predict(params, model_state, batch["image"]))
+        images = batch["image"] if shard is None else shard(batch["image"])
+        detections = jax.device_get(predict(params, model_state, images))
         ids = [
             source.records[int(i)].image_id if ok and i >= 0 else None
             for i, ok in zip(np.asarray(batch["index"]), np.asarray(batch["valid"]))
