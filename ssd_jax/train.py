@@ -97,6 +97,8 @@ class OptimConfig:
             raise ValueError("warmup_steps must be >= 0 and total_steps > 0")
         if list(self.decay_steps) != sorted(self.decay_steps):
             raise ValueError(f"decay_steps must be increasing, got {self.decay_steps}")
+        if self.decay_steps and self.decay_steps[0] <= self.warmup_steps:
+            raise ValueError(f"decay_steps {self.decay_steps} must come after the warmup ({self.warmup_steps} steps)")
 
     @property
     def peak_lr(self) -> float:
@@ -114,7 +116,8 @@ def make_schedule(cfg: OptimConfig) -> optax.Schedule:
             decay_steps=max(cfg.total_steps, cfg.warmup_steps + 1),
             end_value=peak * cfg.cosine_final_factor,
         )
-    boundaries = {int(s): cfg.decay_factor for s in cfg.decay_steps}
+    # join_schedules hands the second schedule ``step - warmup_steps``; decay_steps are absolute.
+    boundaries = {int(s) - cfg.warmup_steps: cfg.decay_factor for s in cfg.decay_steps}
     decay = optax.piecewise_constant_schedule(peak, boundaries)
     if cfg.warmup_steps == 0:
         return decay
@@ -136,7 +139,10 @@ def weight_decay_mask(params: Any) -> Any:
     decayed: biases, batch-norm scales and the L2Norm ``scale`` (anything else).
     """
     def decide(path, _):
-        return _key_name(path[-1]) == "kernel"
+        # Inside an nnx.State a leaf's path ends in the Variable's own GetAttrKey('value');
+        # the parameter's name is the last dict key.
+        names = [_key_name(k) for k in path if not isinstance(k, jax.tree_util.GetAttrKey)]
+        return bool(names) and names[-1] == "kernel"
 
     return jax.tree_util.tree_map_with_path(decide, params)
 
@@ -232,7 +238,7 @@ def make_train_step(
             "num_pos": metrics["num_pos"] / batch_size,
             "num_neg": metrics["num_neg"] / batch_size,
             "lr": jnp.asarray(schedule(state.step), jnp.float32),
-            "grad_norm": optax.global_norm(grads).astype(jnp.float32),
+            "grad_norm": optax.tree.norm(grads).astype(jnp.float32),
         }
         new_state = state.replace(
             step=state.step + 1,
