@@ -6,8 +6,10 @@ checkpoint is resumed from the latest one: the train state and the data iterator
 position are restored, so the run continues exactly as if it had not stopped.
 
 Stops: at ``config.num_steps`` (checkpoint written); on SIGTERM (checkpoint written after
-the current step, then return); on a non-finite loss (:class:`NonFiniteLossError` naming
-the step; nothing is saved after the last finite step, so the latest checkpoint is good).
+the current step, then return); on a non-finite loss or gradient norm
+(:class:`NonFiniteLossError` naming the step; nothing is saved after the last finite step,
+so the latest checkpoint is good; the loss is fetched to the host every step for this
+check). Parameters and batch statistics are also checked for inf/NaN before every save.
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ logger = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss (or gradient norm) became NaN/inf; ``step`` is the step that produced it."""
+    """The loss or gradient norm (or, before a save, a parameter) became NaN/inf; ``step``
+    is the step that produced it."""
 
     def __init__(self, step: int, metrics: dict[str, float], last_checkpoint: int | None):
         self.step = step
@@ -47,6 +50,12 @@ class NonFiniteLossError(RuntimeError):
             f"The latest checkpoint (step {last_checkpoint}) was written before this and is intact; "
             f"lower optim.lr or set optim.grad_clip, then rerun on the same workdir to resume from it."
         )
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+    """``[]`` bool: every element of every leaf is finite."""
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
 # ---------------------------------------------------------------------------- builders
@@ -242,6 +251,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 last_eval = evaluate(eval_step, state, eval_src, eval_pcfg, mesh, evaluator, config.eval_max_images)
                 writer.write(step, {k: v for k, v in last_eval.items() if not k.startswith("AP/")}, prefix="eval/")
                 t_log = time.perf_counter()
+            if ckpt.should_save(step) or preempt.requested or step == num_steps:
+                # The loss was finite, but a huge update can still leave inf/NaN weights:
+                # never write those into a checkpoint.
+                if not bool(_all_finite((state.params, state.model_state))):
+                    raise NonFiniteLossError(step, {**metrics, "params_finite": 0.0}, ckpt.latest_step())
             ckpt.save(step, state, data_iter)
             if preempt.requested:
                 ckpt.save(step, state, data_iter, force=True)

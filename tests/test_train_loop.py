@@ -11,6 +11,7 @@ import pytest
 from flax import nnx
 
 from ssd_jax import checkpointing, training_loop
+from ssd_jax import train as train_lib
 from ssd_jax.metric_writers import read_metrics
 from ssd_jax.models import params_io
 
@@ -83,6 +84,23 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(cache_dir, tmp
     ok = training_loop.train_and_evaluate(tiny_config(cache_dir, num_steps=4, checkpoint_every=100), str(tmp_path))
     assert ok["step"] == 4 and all(np.isfinite(v).all() for v in _params(ok).values())
     assert all(np.isfinite(v) for v in _losses(tmp_path).values())
+
+
+def test_divergence_never_reaches_a_checkpoint(cache_dir, tmp_path):
+    """An absurd learning rate: whichever comes first (inf weights or a NaN loss) stops the
+    run, and every checkpoint on disk holds finite numbers."""
+    config = tiny_config(cache_dir, num_steps=20, checkpoint_every=1, **{"optim.lr": 1e30, "optim.warmup_steps": 0})
+    with pytest.raises(training_loop.NonFiniteLossError, match=r"at step \d+") as info:
+        training_loop.train_and_evaluate(config, str(tmp_path))
+    ckpt = checkpointing.Checkpointer(str(tmp_path / "checkpoints"), 1)
+    steps = ckpt.all_steps()
+    assert all(s < info.value.step for s in steps)
+    model = training_loop.build_model(config, 10, nnx.Rngs(0))
+    _, template = train_lib.create_train_state(model, train_lib.make_optimizer(training_loop.optim_config(config))[0])
+    for s in steps:
+        restored = ckpt.restore(s, template, None)
+        assert all(np.isfinite(x).all() for x in jax.tree.leaves(jax.device_get(restored)))
+    ckpt.close()
 
 
 def test_preemption_flag_handler():
