@@ -61,6 +61,25 @@ def _all_finite(tree) -> jax.Array:
 # ---------------------------------------------------------------------------- builders
 
 
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """Cheap checks of a resolved config, before anything heavy runs (ValueError on a problem)."""
+    if config.num_steps < 1 or config.data.batch_size < 1:
+        raise ValueError(f"num_steps ({config.num_steps}) and data.batch_size ({config.data.batch_size}) must be positive")
+    if config.log_every < 1 or config.checkpoint_every < 1 or config.eval_every < 0:
+        raise ValueError("log_every and checkpoint_every must be >= 1 and eval_every >= 0")
+    if config.model.compute_dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"model.compute_dtype must be 'float32' or 'bfloat16', got {config.model.compute_dtype!r}")
+    if config.data.dataset not in ("builtin", "voc"):
+        raise ValueError(f"data.dataset must be 'builtin' or 'voc', got {config.data.dataset!r}")
+    if config.data.dataset == "voc":
+        if not config.data.voc_root:
+            raise ValueError("data.dataset='voc' needs data.voc_root: --config.data.voc_root=/path/to/VOCdevkit")
+        if not os.path.isdir(config.data.voc_root):
+            raise ValueError(f"data.voc_root {config.data.voc_root!r} is not a folder")
+    if config.init_from and not os.path.exists(config.init_from):
+        raise ValueError(f"init_from {config.init_from!r} does not exist")
+
+
 def build_model(config: ml_collections.ConfigDict, num_classes: int, rngs: nnx.Rngs) -> nnx.Module:
     m = config.model
     dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}.get(m.compute_dtype)
@@ -156,6 +175,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     Returns ``{"step": last step, "metrics": last logged train metrics, "eval": last
     evaluation or {}, "preempted": bool, "state": the final TrainState}``.
     """
+    check_config(config)
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
     primary = jax.process_index() == 0

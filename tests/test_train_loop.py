@@ -150,3 +150,27 @@ def test_init_from_a_converted_checkpoint(cache_dir, tmp_path):
     got = _params(result)
     for k, v in flat.items():
         np.testing.assert_allclose(got[k], v, atol=1e-6, err_msg=k)
+
+
+def test_voc_experiment_on_a_tiny_devkit(tmp_path):
+    """The VOC experiment's data path (07 trainval -> 07 test, difficult flags) with the tiny network."""
+    from experiments.ssd300_vgg16_voc import get_config
+    from tests._data_helpers import make_voc
+
+    objects = [("car", (3, 4, 40, 30), 0), ("person", (20, 10, 60, 45), 1)]
+    make_voc(str(tmp_path / "devkit"), {"2007": {f"{i:06d}": (64, 48, objects) for i in range(4)}}, split="trainval")
+    make_voc(str(tmp_path / "devkit"), {"2007": {f"{i:06d}": (64, 48, objects) for i in range(2)}}, split="test")
+    config = get_config("runlocal")
+    config.model.name, config.model.image_size = "tiny_cnn", 32
+    config.data.voc_root = str(tmp_path / "devkit")
+    config.data.voc_train = ("2007/trainval",)
+    result = training_loop.train_and_evaluate(config, str(tmp_path / "run"))
+    assert result["step"] == config.num_steps and result["eval"]["num_images"] == 2
+    assert "mAP" in result["eval"]
+
+
+def test_config_checks_are_clear():
+    from experiments.ssd300_vgg16_voc import get_config
+
+    with pytest.raises(ValueError, match="needs data.voc_root"):
+        training_loop.check_config(get_config())

@@ -60,6 +60,11 @@ def main(argv: list[str]) -> int:
     from ssd_jax import training_loop
 
     try:
+        training_loop.check_config(config)
+    except ValueError as e:
+        print(f"launch.py train: {e}", file=sys.stderr)
+        return 2
+    try:
         result = training_loop.train_and_evaluate(config, workdir)
     except training_loop.NonFiniteLossError as e:
         print(f"launch.py train: {e}", file=sys.stderr)
