@@ -31,18 +31,20 @@ def _losses(workdir):
     return {m["step"]: m["loss"] for m in read_metrics(workdir) if "loss" in m}
 
 
-def _resume_config(cache_dir, num_steps):
+def _resume_config(cache_dir, num_steps, num_workers=0):
     # A step schedule (warmup, a drop at step 4 after the restart) does not depend on
     # num_steps, so "stop at 3, then run to 6" is the same run as "run to 6".
     return tiny_config(cache_dir, num_steps=num_steps, checkpoint_every=3, **{
-        "optim.schedule": "step", "optim.warmup_steps": 2, "optim.decay_steps": (4,)})
+        "optim.schedule": "step", "optim.warmup_steps": 2, "optim.decay_steps": (4,),
+        "data.num_workers": num_workers})
 
 
-def test_resume_continues_exactly(cache_dir, tmp_path):
-    straight = training_loop.train_and_evaluate(_resume_config(cache_dir, 6), str(tmp_path / "a"))
-    first = training_loop.train_and_evaluate(_resume_config(cache_dir, 3), str(tmp_path / "b"))
+@pytest.mark.parametrize("num_workers", [0, pytest.param(2, marks=pytest.mark.slow)])
+def test_resume_continues_exactly(cache_dir, tmp_path, num_workers):
+    straight = training_loop.train_and_evaluate(_resume_config(cache_dir, 6, num_workers), str(tmp_path / "a"))
+    first = training_loop.train_and_evaluate(_resume_config(cache_dir, 3, num_workers), str(tmp_path / "b"))
     assert first["step"] == 3
-    resumed = training_loop.train_and_evaluate(_resume_config(cache_dir, 6), str(tmp_path / "b"))
+    resumed = training_loop.train_and_evaluate(_resume_config(cache_dir, 6, num_workers), str(tmp_path / "b"))
     assert resumed["step"] == 6
     # Same batches and losses, step by step, and bitwise-equal final parameters and state.
     assert _losses(tmp_path / "a") == _losses(tmp_path / "b")
