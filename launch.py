@@ -6,9 +6,17 @@ Run ``python launch.py --help`` for the list and ``python launch.py <command> --
 for a command's options.
 """
 
+import os
 import sys
 
 from ssd_jax.cli import main
 
 if __name__ == "__main__":
+    # Multi-host: only when the environment names a coordinator (JAX_COORDINATOR_ADDRESS, with
+    # JAX_NUM_PROCESSES and JAX_PROCESS_ID; or SSD_JAX_DISTRIBUTED=1 for JAX's cluster
+    # auto-detection, e.g. SLURM or TPU pods). Must run before anything else touches JAX.
+    if os.environ.get("JAX_COORDINATOR_ADDRESS") or os.environ.get("SSD_JAX_DISTRIBUTED") in ("1", "true", "True"):
+        from ssd_jax import parallel
+
+        parallel.maybe_initialize_distributed()
     sys.exit(main(sys.argv[1:]))

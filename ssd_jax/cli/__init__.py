@@ -12,6 +12,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "inspect": ("inspect_cmd", "print the prior layout (and receptive fields) of a preset or config"),
     "convert": ("convert_cmd", "convert torchvision weights (.pth) into an ssd_jax checkpoint"),
+    "train": ("train_cmd", "train (or resume) an experiment: experiments/<name>.py, --config.x=v overrides"),
 }
 
 

@@ -1,0 +1,126 @@
+"""Training checkpoints: the train state and the data iterator, saved together with orbax.
+
+Layout: ``<workdir>/checkpoints/<step>/`` holds two items, ``state`` (the
+:class:`~ssd_jax.train.TrainState` pytree, ``StandardSave``) and ``data`` (the grain
+iterator position, ``grain.checkpoint.CheckpointSave``), written by one orbax
+``CheckpointManager`` that keeps the last ``keep`` checkpoints. Saves are synchronous: when
+:meth:`Checkpointer.save` returns the checkpoint is complete on disk (orbax writes into a
+temporary folder and renames it, so an interrupted save never looks like a checkpoint).
+
+:class:`PreemptionFlag` is the SIGTERM handler: it only records the request; the loop
+checks the flag after each step, saves and exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from typing import Any
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+
+logger = logging.getLogger(__name__)
+
+
+class Checkpointer:
+    """Save every ``save_every`` steps (and when forced), keep the last ``keep``.
+
+    Args:
+      directory: where the step folders go (created).
+      save_every: the interval of :meth:`save` without ``force``.
+      keep: checkpoints kept (older ones are deleted); ``None`` keeps all.
+    """
+
+    def __init__(self, directory: str, save_every: int, keep: int | None = 3):
+        if save_every < 1:
+            raise ValueError(f"save_every must be >= 1, got {save_every}")
+        self.directory = os.path.abspath(directory)
+        self.save_every = int(save_every)
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep, save_interval_steps=1, enable_async_checkpointing=False, create=True
+        )
+        self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def latest_step(self) -> int | None:
+        """The newest complete checkpoint's step, or None."""
+        return self._manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return sorted(self._manager.all_steps())
+
+    def should_save(self, step: int) -> bool:
+        return step % self.save_every == 0
+
+    def save(self, step: int, state: Any, data_iterator: Any, *, force: bool = False) -> bool:
+        """Write checkpoint ``step`` if it is on the interval (or ``force``); True if written.
+
+        ``state``: the train state pytree; ``data_iterator``: the grain ``DatasetIterator``
+        positioned after the batches consumed so far (or None to save no data position).
+        """
+        if not (force or self.should_save(step)) or step in self._manager.all_steps():
+            return False
+        items = {"state": ocp.args.StandardSave(state)}
+        if data_iterator is not None:
+            items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+        self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+        self._manager.wait_until_finished()
+        logger.info("saved checkpoint %d in %s", step, self.directory)
+        return True
+
+    def restore(self, step: int | None, state_template: Any, data_iterator: Any) -> Any:
+        """Restore checkpoint ``step`` (default: the latest) into the shapes, dtypes and
+        shardings of ``state_template``, and set ``data_iterator``'s position in place.
+        Returns the restored state."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state_template)
+        items = {"state": ocp.args.StandardRestore(abstract)}
+        if data_iterator is not None:
+            items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+        restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+        logger.info("restored checkpoint %d from %s", step, self.directory)
+        return restored["state"]
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()
+
+    def __enter__(self) -> "Checkpointer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class PreemptionFlag:
+    """A SIGTERM (or any signal) handler that records the request; the loop polls it.
+
+    ``install()`` registers :meth:`handler` for ``signals`` (main thread only) and
+    ``uninstall()`` puts the previous handlers back.
+    """
+
+    def __init__(self, signals: tuple[int, ...] = (signal.SIGTERM,)):
+        self.signals = signals
+        self.requested = False
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def handler(self, signum: int, frame: Any = None) -> None:
+        del frame
+        self.requested = True
+        self.signum = signum
+        logger.warning("received signal %d: will save a checkpoint after this step and stop", signum)
+
+    def install(self) -> "PreemptionFlag":
+        for s in self.signals:
+            self._previous[s] = signal.signal(s, self.handler)
+        return self
+
+    def uninstall(self) -> None:
+        for s, previous in self._previous.items():
+            signal.signal(s, previous)
+        self._previous.clear()

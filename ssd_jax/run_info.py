@@ -1,0 +1,81 @@
+"""What a run's workdir records about itself: the resolved config, versions, devices, commit.
+
+``write_run_info(workdir, config_json)`` writes ``config.json`` (the resolved config) and
+``run_info.json`` (package versions, python, the device list, process count, the git commit
+of the code and whether the tree had uncommitted changes, the command line). On a resumed
+run both are rewritten and the previous ``run_info.json`` is kept as ``run_info.<n>.json``.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "numpy", "ml_collections", "clu")
+
+
+def package_versions(packages=PACKAGES) -> dict[str, str | None]:
+    out = {}
+    for p in packages:
+        try:
+            out[p] = importlib.metadata.version(p)
+        except importlib.metadata.PackageNotFoundError:
+            out[p] = None
+    return out
+
+
+def git_commit(path: str | None = None) -> dict[str, str | bool | None]:
+    """``{"commit": sha or None, "dirty": bool or None}`` of the repository holding ``path``
+    (default: this package's source)."""
+    path = path or os.path.dirname(os.path.abspath(__file__))
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True, timeout=10)
+        if sha.returncode != 0:
+            return {"commit": None, "dirty": None}
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=path,
+                                capture_output=True, text=True, timeout=10)
+        return {"commit": sha.stdout.strip(), "dirty": bool(status.stdout.strip())}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+
+
+def device_info() -> dict:
+    import jax
+
+    return {
+        "process_index": jax.process_index(),
+        "process_count": jax.process_count(),
+        "backend": jax.default_backend(),
+        "devices": [str(d) for d in jax.devices()],
+        "local_devices": [str(d) for d in jax.local_devices()],
+    }
+
+
+def write_run_info(workdir: str, config_json: str) -> dict:
+    """Write ``config.json`` and ``run_info.json`` into ``workdir``; returns the info."""
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(config_json)
+    info = {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "argv": sys.argv,
+        "python": platform.python_version(),
+        "host": platform.node(),
+        "packages": package_versions(),
+        "git": git_commit(),
+        **device_info(),
+    }
+    path = os.path.join(workdir, "run_info.json")
+    if os.path.exists(path):
+        n = 1
+        while os.path.exists(os.path.join(workdir, f"run_info.{n}.json")):
+            n += 1
+        os.rename(path, os.path.join(workdir, f"run_info.{n}.json"))
+    with open(path, "w") as f:
+        json.dump(info, f, indent=1)
+    return info

@@ -1,0 +1,301 @@
+"""The training loop: config -> model, data, optimiser, mesh -> steps, logs, evaluations, checkpoints.
+
+:func:`train_and_evaluate(config, workdir)` runs an experiment (an ``ml_collections``
+config, see ``experiments/base.py`` for the fields). A workdir that already holds a
+checkpoint is resumed from the latest one: the train state and the data iterator's
+position are restored, so the run continues exactly as if it had not stopped.
+
+Stops: at ``config.num_steps`` (checkpoint written); on SIGTERM (checkpoint written after
+the current step, then return); on a non-finite loss or gradient norm
+(:class:`NonFiniteLossError` naming the step; nothing is saved after the last finite step,
+so the latest checkpoint is good; the loss is fetched to the host every step for this
+check). Parameters and batch statistics are also checked for inf/NaN before every save.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import threading
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from ssd_jax import anchors, checkpointing, parallel, run_info, tiny_model
+from ssd_jax import train as train_lib
+from ssd_jax.data import pipeline, transforms
+from ssd_jax.metric_writers import MetricWriter, format_scalars
+from ssd_jax.models import factory, params_io, preprocessing
+
+logger = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss or gradient norm (or, before a save, a parameter) became NaN/inf; ``step``
+    is the step that produced it."""
+
+    def __init__(self, step: int, metrics: dict[str, float], last_checkpoint: int | None):
+        self.step = step
+        self.metrics = metrics
+        self.last_checkpoint = last_checkpoint
+        super().__init__(
+            f"non-finite loss at step {step} ({format_scalars(metrics)}); training stopped. "
+            f"The latest checkpoint (step {last_checkpoint}) was written before this and is intact; "
+            f"lower optim.lr or set optim.grad_clip, then rerun on the same workdir to resume from it."
+        )
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+    """``[]`` bool: every element of every leaf is finite."""
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+# ---------------------------------------------------------------------------- builders
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """Cheap checks of a resolved config, before anything heavy runs (ValueError on a problem)."""
+    if config.num_steps < 1 or config.data.batch_size < 1:
+        raise ValueError(f"num_steps ({config.num_steps}) and data.batch_size ({config.data.batch_size}) must be positive")
+    if config.log_every < 1 or config.checkpoint_every < 1 or config.eval_every < 0:
+        raise ValueError("log_every and checkpoint_every must be >= 1 and eval_every >= 0")
+    if config.model.compute_dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"model.compute_dtype must be 'float32' or 'bfloat16', got {config.model.compute_dtype!r}")
+    if config.data.dataset not in ("builtin", "voc"):
+        raise ValueError(f"data.dataset must be 'builtin' or 'voc', got {config.data.dataset!r}")
+    if config.data.dataset == "voc":
+        if not config.data.voc_root:
+            raise ValueError("data.dataset='voc' needs data.voc_root: --config.data.voc_root=/path/to/VOCdevkit")
+        if not os.path.isdir(config.data.voc_root):
+            raise ValueError(f"data.voc_root {config.data.voc_root!r} is not a folder")
+    if config.init_from and not os.path.exists(config.init_from):
+        raise ValueError(f"init_from {config.init_from!r} does not exist")
+
+
+def build_model(config: ml_collections.ConfigDict, num_classes: int, rngs: nnx.Rngs) -> nnx.Module:
+    m = config.model
+    dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}.get(m.compute_dtype)
+    if dtype is None:
+        raise ValueError(f"model.compute_dtype must be 'float32' or 'bfloat16', got {m.compute_dtype!r}")
+    if m.name == tiny_model.NAME:
+        return tiny_model.build_tiny(num_classes, m.image_size, compute_dtype=dtype, rngs=rngs)
+    width = m.width if m.name == "ssdlite_mobilenetv2" else 1.0
+    return factory.build_model(m.name, num_classes, image_size=m.image_size, compute_dtype=dtype,
+                               width=width, layout=m.layout, rngs=rngs)
+
+
+def input_normalization(model_name: str) -> transforms.Normalization:
+    """The pipeline normalisation matching the model's convention (RGB, see
+    :mod:`ssd_jax.models.preprocessing`)."""
+    name = "torchvision" if model_name == tiny_model.NAME else factory.default_normalization(model_name)
+    conv = preprocessing.get_normalization(name)
+    return transforms.Normalization(mean=tuple(255.0 * v for v in conv.mean), std=tuple(255.0 * v for v in conv.std), bgr=False)
+
+
+def build_sources(config: ml_collections.ConfigDict):
+    """``(train_source, eval_source)`` of ``config.data``."""
+    d = config.data
+    if d.dataset == "builtin":
+        from ssd_jax.data import builtin
+
+        spec = builtin.BuiltinSpec(seed=0, num_train=d.builtin_num_train, num_val=d.builtin_num_val,
+                                   min_side=d.builtin_min_side, max_side=d.builtin_max_side)
+        cache = d.cache_dir or None
+        return (builtin.builtin_source("train", spec, cache, progress=False),
+                builtin.builtin_source("val", spec, cache, progress=False))
+    if d.dataset == "voc":
+        from ssd_jax.data import voc
+
+        if not d.voc_root:
+            raise ValueError("data.dataset='voc' needs data.voc_root: --config.data.voc_root=/path/to/VOCdevkit")
+        pairs = lambda splits: [tuple(s.split("/")) for s in splits]  # noqa: E731
+        test = (d.voc_test,) if isinstance(d.voc_test, str) else tuple(d.voc_test)
+        return voc.voc_source(d.voc_root, pairs(d.voc_train)), voc.voc_source(d.voc_root, pairs(test))
+    raise ValueError(f"data.dataset must be 'builtin' or 'voc', got {d.dataset!r}")
+
+
+def optim_config(config: ml_collections.ConfigDict) -> train_lib.OptimConfig:
+    o = config.optim
+    return train_lib.OptimConfig(
+        optimizer=o.optimizer, lr=o.lr, lr_batch_size=o.lr_batch_size, batch_size=config.data.batch_size,
+        schedule=o.schedule, total_steps=config.num_steps, warmup_steps=o.warmup_steps,
+        warmup_init_factor=o.warmup_init_factor, decay_steps=tuple(int(s) for s in o.decay_steps),
+        decay_factor=o.decay_factor, cosine_final_factor=o.cosine_final_factor, momentum=o.momentum,
+        weight_decay=o.weight_decay, grad_clip=o.grad_clip,
+    )
+
+
+def apply_init_from(model: nnx.Module, path: str) -> list[str]:
+    """Load a converted checkpoint's parameters (and batch-norm state) into ``model``."""
+    converted = params_io.load_converted(path)
+    set_paths = params_io.assign(model, converted.params)
+    if converted.model_state:
+        set_paths += params_io.assign(model, converted.model_state, variables=nnx.BatchStat)
+    logger.info("init_from %s: set %d variables (partial=%s)", path, len(set_paths), converted.meta.get("partial"))
+    return set_paths
+
+
+# ---------------------------------------------------------------------------- evaluation
+
+
+def ground_truth(source) -> list:
+    """The evaluator's records of a data source (pixel boxes, difficult flags)."""
+    from ssd_jax.evaluation import GroundTruth
+
+    return [GroundTruth(r.image_id, r.width, r.height, r.boxes, r.labels, difficult=r.difficult) for r in source.records]
+
+
+def evaluate(eval_step, state, source, pcfg: pipeline.PipelineConfig, mesh, evaluator, max_images: int = 0) -> dict[str, float]:
+    """One evaluation round over ``source`` (its first ``max_images`` images if > 0)."""
+    if max_images:
+        source = dataclasses.replace(source, records=tuple(source.records[:max_images]))
+    evaluator.reset()
+    for batch in pipeline.eval_dataset(source, pcfg, process_index=0, process_count=1):
+        images = jax.device_put(batch["image"], parallel.data_sharding(mesh))
+        dets = jax.device_get(eval_step(state.params, state.model_state, images))
+        ids = [source.records[i].image_id if v else None for i, v in zip(batch["index"], batch["valid"])]
+        evaluator.add(ids, dets)
+    return evaluator.compute()
+
+
+# ---------------------------------------------------------------------------- the loop
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Run (or resume) the experiment ``config`` in ``workdir``.
+
+    Returns ``{"step": last step, "metrics": last logged train metrics, "eval": last
+    evaluation or {}, "preempted": bool, "state": the final TrainState}``.
+    """
+    check_config(config)
+    workdir = os.path.abspath(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    primary = jax.process_index() == 0
+    if primary:
+        run_info.write_run_info(workdir, config.to_json_best_effort(indent=1, sort_keys=True))
+
+    mesh = parallel.make_mesh()
+    global_bs = config.data.batch_size
+    local_bs = parallel.per_process_batch_size(global_bs, mesh)
+    train_src, eval_src = build_sources(config)
+
+    model = build_model(config, train_src.num_classes, nnx.Rngs(config.seed))
+    if config.init_from:
+        apply_init_from(model, config.init_from)
+    ocfg = optim_config(config)
+    tx, schedule = train_lib.make_optimizer(ocfg)
+    graphdef, state = train_lib.create_train_state(model, tx, config.seed)
+    priors = anchors.generate(model.spec)
+    loss_cfg = train_lib.LossConfig(config.loss.iou_threshold, config.loss.neg_pos_ratio, config.loss.alpha)
+    state = parallel.replicate(state, mesh)
+    step_fn = parallel.jit_train_step(train_lib.make_train_step(graphdef, tx, schedule, priors, loss_cfg), mesh, state)
+
+    norm = input_normalization(config.model.name)
+    pcfg = pipeline.PipelineConfig(
+        image_size=model.spec.image_size, batch_size=local_bs, max_boxes=config.data.max_boxes, seed=config.seed,
+        num_workers=config.data.num_workers, use_difficult=config.data.use_difficult, normalization=norm,
+        augment=transforms.AugmentConfig() if config.data.augment else None,
+    )
+    data_iter = iter(pipeline.train_dataset(train_src, pcfg))
+
+    ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), config.checkpoint_every, config.keep_checkpoints)
+    if ckpt.latest_step() is not None:
+        state = ckpt.restore(None, state, data_iter)
+        logger.info("resumed from step %d", int(state.step))
+    step = int(jax.device_get(state.step))
+    num_steps = int(config.num_steps)
+
+    evaluator = eval_step = eval_pcfg = None
+    if (config.eval_every or config.eval_at_end) and jax.process_count() == 1:
+        from ssd_jax.evaluation import VOCEvaluator
+
+        if config.eval.metric != "voc":
+            raise ValueError(f"eval.metric must be 'voc' (the evaluator that works on any source), got {config.eval.metric!r}")
+        evaluator = VOCEvaluator(ground_truth(eval_src), eval_src.class_names, use_07_metric=config.eval.use_07_metric)
+        eval_step = jax.jit(train_lib.make_eval_step(graphdef, priors, score_threshold=config.eval.score_threshold,
+                                                     nms_iou=config.eval.nms_iou, max_detections=config.eval.max_detections))
+        eval_pcfg = pipeline.PipelineConfig(image_size=model.spec.image_size, batch_size=global_bs,
+                                            max_boxes=config.data.max_boxes, normalization=norm, augment=None)
+
+    progress = None
+    echo = print
+    if config.progress_bar and primary:
+        from tqdm import tqdm
+
+        progress = tqdm(total=num_steps, initial=step, desc=config.name, unit="step", dynamic_ncols=True)
+        echo = progress.write
+    writer = MetricWriter(workdir, echo=echo, enabled=primary)
+    preempt = checkpointing.PreemptionFlag()
+    if threading.current_thread() is threading.main_thread():
+        preempt.install()
+
+    echo(f"{config.name}: {model.name} {model.spec.image_size}px, {model.spec.num_priors} priors, "
+         f"{len(train_src)} training images, global batch {global_bs} over {mesh.devices.size} device(s), "
+         f"steps {step} -> {num_steps}, workdir {workdir}")
+    history: list[dict[str, float]] = []
+    last_logged: dict[str, float] = {}
+    last_eval: dict[str, float] = {}
+    preempted = False
+    t_log, steps_since_log = time.perf_counter(), 0
+    t_start, start_step = time.perf_counter(), step
+    try:
+        while step < num_steps:
+            host_batch = next(data_iter)
+            batch = parallel.global_batch(host_batch, mesh, global_bs)
+            state, metrics = step_fn(state, batch)
+            step += 1
+            metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            if not (math.isfinite(metrics["loss"]) and math.isfinite(metrics["grad_norm"])):
+                raise NonFiniteLossError(step, metrics, ckpt.latest_step())
+            history.append(metrics)
+            steps_since_log += 1
+            if progress is not None:
+                progress.update(1)
+                progress.set_postfix(loss=f"{metrics['loss']:.3f}", refresh=False)
+            if step % config.log_every == 0 or step == num_steps:
+                now = time.perf_counter()
+                last_logged = {k: float(np.mean([h[k] for h in history])) for k in history[0]}
+                rate = steps_since_log / max(now - t_log, 1e-9)
+                eta = (num_steps - step) / rate if rate > 0 else float("nan")
+                writer.write(step, {**last_logged, "steps_per_sec": rate, "eta_sec": eta})
+                history, t_log, steps_since_log = [], now, 0
+            if evaluator is not None and config.eval_every and step % config.eval_every == 0 and step < num_steps:
+                last_eval = evaluate(eval_step, state, eval_src, eval_pcfg, mesh, evaluator, config.eval_max_images)
+                writer.write(step, {k: v for k, v in last_eval.items() if not k.startswith("AP/")}, prefix="eval/")
+                t_log = time.perf_counter()
+            if ckpt.should_save(step) or preempt.requested or step == num_steps:
+                # The loss was finite, but a huge update can still leave inf/NaN weights:
+                # never write those into a checkpoint.
+                if not bool(_all_finite((state.params, state.model_state))):
+                    raise NonFiniteLossError(step, {**metrics, "params_finite": 0.0}, ckpt.latest_step())
+            ckpt.save(step, state, data_iter)
+            if preempt.requested:
+                ckpt.save(step, state, data_iter, force=True)
+                echo(f"stopped by signal {preempt.signum} at step {step}; checkpoint saved, rerun on {workdir} to resume")
+                preempted = True
+                break
+        if not preempted:
+            ckpt.save(step, state, data_iter, force=True)
+            if evaluator is not None and config.eval_at_end and step >= num_steps:
+                last_eval = evaluate(eval_step, state, eval_src, eval_pcfg, mesh, evaluator, config.eval_max_images)
+                writer.write(step, {k: v for k, v in last_eval.items() if not k.startswith("AP/")}, prefix="eval/")
+        elapsed = time.perf_counter() - t_start
+        if step > start_step:
+            echo(f"done: steps {start_step} -> {step} in {elapsed:.1f} s ({(step - start_step) / elapsed:.2f} steps/s incl. compile)")
+    finally:
+        preempt.uninstall()
+        if progress is not None:
+            progress.close()
+        writer.close()
+        ckpt.close()
+        if hasattr(data_iter, "close"):
+            data_iter.close()
+    return {"step": step, "metrics": last_logged, "eval": last_eval, "preempted": preempted, "state": state}

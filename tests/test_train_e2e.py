@@ -1,0 +1,81 @@
+"""``launch.py train`` end to end (subprocesses), and the 8-simulated-device run vs 1 device."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(args, env_extra=None, timeout=300):
+    env = {**os.environ, "PYTHONPATH": ROOT, **(env_extra or {})}
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_launch_train_runlocal_writes_checkpoints_config_and_metrics(tmp_path):
+    workdir = tmp_path / "run"
+    proc = _run(["launch.py", "train", "--config.runlocal=True", "--config.model.name=tiny_cnn",
+                 "--config.model.image_size=32", f"--config.data.cache_dir={tmp_path / 'cache'}", f"--workdir={workdir}"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(os.listdir(workdir / "checkpoints")) == ["2", "4"]
+    config = json.loads((workdir / "config.json").read_text())
+    assert config["runlocal"] is True and config["model"]["name"] == "tiny_cnn" and config["num_steps"] == 4
+    info = json.loads((workdir / "run_info.json").read_text())
+    assert info["devices"] and info["packages"]["jax"] and "commit" in info["git"]
+    lines = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines if "loss" in x] == [2, 4]
+    assert any("eval/mAP" in x for x in lines)
+    assert "eval: mAP=" in proc.stdout
+
+
+def test_launch_train_bad_key_is_a_clear_error(tmp_path):
+    proc = _run(["launch.py", "train", "--config.optim.lrr=0.1", f"--workdir={tmp_path}"], timeout=60)
+    assert proc.returncode == 2
+    assert "unknown config key 'optim.lrr'" in proc.stderr and "optim.lr" in proc.stderr
+
+
+SHARDING_SCRIPT = textwrap.dedent("""
+    import jax, numpy as np
+    from flax import nnx
+    from ssd_jax import anchors, parallel, tiny_model, train
+    from tests._train_helpers import fixed_batch
+    assert jax.device_count() == 8, jax.devices()
+
+    def run(devices):
+        mesh = parallel.make_mesh(devices)
+        model = tiny_model.build_tiny(3, 32, rngs=nnx.Rngs(0))
+        tx, sched = train.make_optimizer(train.OptimConfig(batch_size=8, lr=0.05, lr_batch_size=8))
+        g, state = train.create_train_state(model, tx)
+        step = parallel.jit_train_step(train.make_train_step(g, tx, sched, anchors.generate(model.spec)), mesh,
+                                       parallel.replicate(state, mesh))
+        state = parallel.replicate(state, mesh)
+        losses = []
+        for i in range(3):
+            batch = parallel.global_batch(fixed_batch(8, seed=i), mesh, 8)
+            if len(devices) == 8:
+                assert len(batch["image"].sharding.device_set) == 8
+            state, m = step(state, batch)
+            losses.append(float(m["loss"]))
+        return losses, jax.device_get(state.params)
+
+    l1, p1 = run(jax.devices()[:1])
+    l8, p8 = run(jax.devices())
+    print("losses", l1, l8)
+    np.testing.assert_allclose(l1, l8, rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), p1, p8)
+    try:
+        parallel.per_process_batch_size(12, parallel.make_mesh())
+        raise SystemExit("indivisible batch accepted")
+    except ValueError as e:
+        assert "not divisible by the 8 devices" in str(e)
+    print("OK")
+""")
+
+
+def test_eight_simulated_devices_match_one_device():
+    proc = _run(["-c", SHARDING_SCRIPT], {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
+    assert proc.returncode == 0 and "OK" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-3000:]

@@ -1,0 +1,178 @@
+"""training_loop + checkpointing: exact resume, NaN guard, SIGTERM, init_from (tiny network)."""
+
+import os
+import signal
+import threading
+import time
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from ssd_jax import checkpointing, training_loop
+from ssd_jax import train as train_lib
+from ssd_jax.metric_writers import read_metrics
+from ssd_jax.models import params_io
+
+from tests._train_helpers import tiny_config
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("builtin_cache")
+
+
+def _params(result):
+    return params_io.flatten(nnx.to_pure_dict(jax.device_get(result["state"].params)))
+
+
+def _losses(workdir):
+    return {m["step"]: m["loss"] for m in read_metrics(workdir) if "loss" in m}
+
+
+def _resume_config(cache_dir, num_steps, num_workers=0):
+    # A step schedule (warmup, a drop at step 4 after the restart) does not depend on
+    # num_steps, so "stop at 3, then run to 6" is the same run as "run to 6".
+    return tiny_config(cache_dir, num_steps=num_steps, checkpoint_every=3, **{
+        "optim.schedule": "step", "optim.warmup_steps": 2, "optim.decay_steps": (4,),
+        "data.num_workers": num_workers})
+
+
+@pytest.mark.parametrize("num_workers", [0, pytest.param(2, marks=pytest.mark.slow)])
+def test_resume_continues_exactly(cache_dir, tmp_path, num_workers):
+    straight = training_loop.train_and_evaluate(_resume_config(cache_dir, 6, num_workers), str(tmp_path / "a"))
+    first = training_loop.train_and_evaluate(_resume_config(cache_dir, 3, num_workers), str(tmp_path / "b"))
+    assert first["step"] == 3
+    resumed = training_loop.train_and_evaluate(_resume_config(cache_dir, 6, num_workers), str(tmp_path / "b"))
+    assert resumed["step"] == 6
+    # Same batches and losses, step by step, and bitwise-equal final parameters and state.
+    assert _losses(tmp_path / "a") == _losses(tmp_path / "b")
+    pa, pb = _params(straight), _params(resumed)
+    assert pa.keys() == pb.keys()
+    for k in pa:
+        np.testing.assert_array_equal(pa[k], pb[k], err_msg=k)
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(straight["state"]), jax.device_get(resumed["state"]))
+    steps = sorted(os.listdir(tmp_path / "b" / "checkpoints"))
+    assert steps == ["3", "6"]
+    assert os.path.exists(tmp_path / "b" / "run_info.1.json")  # the first start's record is kept
+
+
+def test_keeps_the_last_k_checkpoints(cache_dir, tmp_path):
+    training_loop.train_and_evaluate(tiny_config(cache_dir, num_steps=5, checkpoint_every=1, keep_checkpoints=2), str(tmp_path))
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["4", "5"]
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(cache_dir, tmp_path, monkeypatch):
+    """A batch that makes the loss NaN (here: NaN pixels in the 3rd batch) stops the run with
+    an error naming the step; the checkpoint of step 2 is the latest and resumes cleanly."""
+    real_global_batch = training_loop.parallel.global_batch
+    calls = []
+
+    def poisoned(host_batch, mesh, size):
+        calls.append(1)
+        if len(calls) == 3:
+            host_batch = {**host_batch, "image": np.full_like(host_batch["image"], np.nan)}
+        return real_global_batch(host_batch, mesh, size)
+
+    monkeypatch.setattr(training_loop.parallel, "global_batch", poisoned)
+    with pytest.raises(training_loop.NonFiniteLossError, match=r"non-finite loss at step 3 .*checkpoint \(step 2\)"):
+        training_loop.train_and_evaluate(tiny_config(cache_dir, num_steps=6, checkpoint_every=1), str(tmp_path))
+    ckpt = checkpointing.Checkpointer(str(tmp_path / "checkpoints"), 1)
+    assert ckpt.all_steps() == [1, 2]
+    ckpt.close()
+    monkeypatch.setattr(training_loop.parallel, "global_batch", real_global_batch)
+    # Resuming from the intact checkpoint trains on, with finite numbers.
+    ok = training_loop.train_and_evaluate(tiny_config(cache_dir, num_steps=4, checkpoint_every=100), str(tmp_path))
+    assert ok["step"] == 4 and all(np.isfinite(v).all() for v in _params(ok).values())
+    assert all(np.isfinite(v) for v in _losses(tmp_path).values())
+
+
+def test_divergence_never_reaches_a_checkpoint(cache_dir, tmp_path):
+    """An absurd learning rate: whichever comes first (inf weights or a NaN loss) stops the
+    run, and every checkpoint on disk holds finite numbers."""
+    training_loop.train_and_evaluate(tiny_config(cache_dir, num_steps=2, checkpoint_every=1), str(tmp_path))
+    config = tiny_config(cache_dir, num_steps=20, checkpoint_every=1, **{"optim.lr": 1e30, "optim.warmup_steps": 0})
+    with pytest.raises(training_loop.NonFiniteLossError, match=r"at step \d+ ") as info:
+        training_loop.train_and_evaluate(config, str(tmp_path))
+    ckpt = checkpointing.Checkpointer(str(tmp_path / "checkpoints"), 1)
+    steps = ckpt.all_steps()
+    # Finite-but-huge weights (a loss that is still finite) may be saved; inf/NaN never are.
+    assert info.value.step >= 3 and steps[:2] == [1, 2] and steps[-1] == info.value.step - 1
+    model = training_loop.build_model(config, 10, nnx.Rngs(0))
+    _, template = train_lib.create_train_state(model, train_lib.make_optimizer(training_loop.optim_config(config))[0])
+    for s in steps:
+        restored = ckpt.restore(s, template, None)
+        assert all(np.isfinite(x).all() for x in jax.tree.leaves(jax.device_get(restored)))
+    ckpt.close()
+
+
+def test_weights_finite_check_used_before_saves():
+    ok = {"a": np.ones((2, 3), np.float32), "b": [np.zeros(4, np.float32)]}
+    assert bool(training_loop._all_finite(ok))
+    bad = {"a": np.ones((2, 3), np.float32), "b": [np.array([0.0, np.inf], np.float32)]}
+    assert not bool(training_loop._all_finite(bad))
+
+
+def test_preemption_flag_handler():
+    flag = checkpointing.PreemptionFlag()
+    assert not flag.requested
+    flag.handler(signal.SIGTERM, None)
+    assert flag.requested and flag.signum == signal.SIGTERM
+
+
+def test_sigterm_saves_a_checkpoint_and_stops(cache_dir, tmp_path):
+    workdir = str(tmp_path)
+
+    def send_sigterm_after_first_step():
+        deadline = time.time() + 120
+        while time.time() < deadline and not read_metrics(workdir):
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    previous = signal.getsignal(signal.SIGTERM)
+    killer = threading.Thread(target=send_sigterm_after_first_step, daemon=True)
+    killer.start()
+    result = training_loop.train_and_evaluate(tiny_config(cache_dir, num_steps=10_000, checkpoint_every=10_000), workdir)
+    killer.join()
+    assert result["preempted"] and 1 <= result["step"] < 10_000
+    assert os.listdir(tmp_path / "checkpoints") == [str(result["step"])]
+    assert signal.getsignal(signal.SIGTERM) == previous  # handler uninstalled
+
+
+def test_init_from_a_converted_checkpoint(cache_dir, tmp_path):
+    config = tiny_config(cache_dir, num_steps=1, checkpoint_every=1)
+    donor = training_loop.build_model(config, 10, nnx.Rngs(123))
+    flat = params_io.flatten(nnx.to_pure_dict(nnx.state(donor, nnx.Param)))
+    params_io.save_converted(str(tmp_path / "conv"), flat, {"source": "test", "model": "tiny_cnn", "num_classes": 10})
+    config.init_from = str(tmp_path / "conv")
+    config.optim.lr = 1e-12  # one step barely moves anything
+    config.optim.weight_decay = 0.0
+    result = training_loop.train_and_evaluate(config, str(tmp_path / "run"))
+    got = _params(result)
+    for k, v in flat.items():
+        np.testing.assert_allclose(got[k], v, atol=1e-6, err_msg=k)
+
+
+def test_voc_experiment_on_a_tiny_devkit(tmp_path):
+    """The VOC experiment's data path (07 trainval -> 07 test, difficult flags) with the tiny network."""
+    from experiments.ssd300_vgg16_voc import get_config
+    from tests._data_helpers import make_voc
+
+    objects = [("car", (3, 4, 40, 30), 0), ("person", (20, 10, 60, 45), 1)]
+    make_voc(str(tmp_path / "devkit"), {"2007": {f"{i:06d}": (64, 48, objects) for i in range(4)}}, split="trainval")
+    make_voc(str(tmp_path / "devkit"), {"2007": {f"{i:06d}": (64, 48, objects) for i in range(2)}}, split="test")
+    config = get_config("runlocal")
+    config.model.name, config.model.image_size = "tiny_cnn", 32
+    config.data.voc_root = str(tmp_path / "devkit")
+    config.data.voc_train = ("2007/trainval",)
+    result = training_loop.train_and_evaluate(config, str(tmp_path / "run"))
+    assert result["step"] == config.num_steps and result["eval"]["num_images"] == 2
+    assert "mAP" in result["eval"]
+
+
+def test_config_checks_are_clear():
+    from experiments.ssd300_vgg16_voc import get_config
+
+    with pytest.raises(ValueError, match="needs data.voc_root"):
+        training_loop.check_config(get_config())
