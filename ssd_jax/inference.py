@@ -72,10 +72,12 @@ def evaluate(
         axis); default: jit's placement.
 
     Returns:
-      ``(metrics, images_per_second)``; the rate counts real images and the wall time of
-      the whole pass after the first batch (which includes compilation).
+      ``(metrics, images_per_second)``; the rate counts real images over the wall time
+      after the first batch (which includes compilation), or over the whole pass when
+      there is only one batch.
     """
     evaluator.reset()
+    begin = time.perf_counter()
     done, start, first_images = 0, None, 0
     for batch in batches:
         images = batch["image"] if shard is None else shard(batch["image"])
@@ -93,7 +95,7 @@ def evaluate(
             progress(done)
     if start is None:
         raise ValueError("the eval iterator gave no batch")
-    elapsed = time.perf_counter() - start
+    end = time.perf_counter()
     timed = done - first_images
-    rate = timed / elapsed if timed and elapsed > 0 else float("nan")
+    rate = timed / (end - start) if timed else done / (end - begin)
     return evaluator.compute(), rate

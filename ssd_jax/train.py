@@ -250,19 +250,3 @@ def make_train_step(
         return new_state, out
 
     return train_step
-
-
-def make_eval_step(graphdef: nnx.GraphDef, priors: Array, *, score_threshold: float = 0.01, nms_iou: float = 0.45,
-                   max_detections: int = 200, variances: Sequence[float] = (0.1, 0.2)) -> Callable:
-    """``eval_step(params, model_state, images [B,S,S,3]) -> Detections`` (network with
-    ``train=False`` + :func:`ssd_jax.postprocess.detect`). Not jitted (``detect`` is)."""
-    from ssd_jax import postprocess
-
-    priors = jnp.asarray(priors, jnp.float32)
-
-    def eval_step(params, model_state, images):
-        (logits, offsets), _ = ssd_lib.apply(graphdef, params, model_state, images, train=False)
-        return postprocess.detect(logits, offsets, priors, score_threshold, nms_iou,
-                                  max_detections=max_detections, variances=variances)
-
-    return eval_step

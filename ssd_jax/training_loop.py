@@ -146,24 +146,18 @@ def apply_init_from(model: nnx.Module, path: str) -> list[str]:
 # ---------------------------------------------------------------------------- evaluation
 
 
-def ground_truth(source) -> list:
-    """The evaluator's records of a data source (pixel boxes, difficult flags)."""
-    from ssd_jax.evaluation import GroundTruth
-
-    return [GroundTruth(r.image_id, r.width, r.height, r.boxes, r.labels, difficult=r.difficult) for r in source.records]
-
-
 def evaluate(eval_step, state, source, pcfg: pipeline.PipelineConfig, mesh, evaluator, max_images: int = 0) -> dict[str, float]:
-    """One evaluation round over ``source`` (its first ``max_images`` images if > 0)."""
+    """One evaluation round over ``source`` (its first ``max_images`` images if > 0),
+    the batches split over the mesh's data axis."""
+    from ssd_jax import inference
+
     if max_images:
         source = dataclasses.replace(source, records=tuple(source.records[:max_images]))
-    evaluator.reset()
-    for batch in pipeline.eval_dataset(source, pcfg, process_index=0, process_count=1):
-        images = jax.device_put(batch["image"], parallel.data_sharding(mesh))
-        dets = jax.device_get(eval_step(state.params, state.model_state, images))
-        ids = [source.records[i].image_id if v else None for i, v in zip(batch["index"], batch["valid"])]
-        evaluator.add(ids, dets)
-    return evaluator.compute()
+    batches = pipeline.eval_dataset(source, pcfg, process_index=0, process_count=1)
+    sharding = parallel.data_sharding(mesh)
+    metrics, _ = inference.evaluate(eval_step, state.params, state.model_state, batches, evaluator, source,
+                                    shard=lambda images: jax.device_put(images, sharding))
+    return metrics
 
 
 # ---------------------------------------------------------------------------- the loop
@@ -215,13 +209,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     evaluator = eval_step = eval_pcfg = None
     if (config.eval_every or config.eval_at_end) and jax.process_count() == 1:
-        from ssd_jax.evaluation import VOCEvaluator
+        from ssd_jax.evaluation import from_source
 
-        if config.eval.metric != "voc":
-            raise ValueError(f"eval.metric must be 'voc' (the evaluator that works on any source), got {config.eval.metric!r}")
-        evaluator = VOCEvaluator(ground_truth(eval_src), eval_src.class_names, use_07_metric=config.eval.use_07_metric)
-        eval_step = jax.jit(train_lib.make_eval_step(graphdef, priors, score_threshold=config.eval.score_threshold,
-                                                     nms_iou=config.eval.nms_iou, max_detections=config.eval.max_detections))
+        evaluator = from_source.make_evaluator(eval_src, config.eval.metric, use_07_metric=config.eval.use_07_metric)
+        from ssd_jax import inference
+
+        eval_step = inference.make_predict_fn(graphdef, model.spec, score_threshold=config.eval.score_threshold,
+                                              nms_iou=config.eval.nms_iou, max_detections=config.eval.max_detections)
         eval_pcfg = pipeline.PipelineConfig(image_size=model.spec.image_size, batch_size=global_bs,
                                             max_boxes=config.data.max_boxes, normalization=norm, augment=None)
 

@@ -13,6 +13,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "inspect": ("inspect_cmd", "print the prior layout (and receptive fields) of a preset or config"),
     "convert": ("convert_cmd", "convert torchvision weights (.pth) into an ssd_jax checkpoint"),
     "train": ("train_cmd", "train (or resume) an experiment: experiments/<name>.py, --config.x=v overrides"),
+    "eval": ("eval_cmd", "evaluate a run's checkpoint on its eval split: table, JSON, PR curves"),
+    "predict": ("predict_cmd", "detect objects in image files with a run's checkpoint: drawn PNGs + JSON"),
 }
 
 

@@ -1,0 +1,89 @@
+"""``launch.py eval``: evaluate a training run's checkpoint on its config's eval split.
+
+    python launch.py eval --workdir DIR [--step N] [--metric voc|coco] [--max-images N]
+
+Restores the latest (or ``--step``) checkpoint onto this process's devices, runs the
+network + ``detect`` over the eval split, prints mAP and per-class AP, and writes
+``DIR/eval/step_<N>.json`` (metrics, images/s) and ``DIR/eval/step_<N>_pr.png``
+(per-class precision/recall curves).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+
+
+def format_metrics(metrics: dict[str, float]) -> str:
+    """Summary lines first, then one row per class (``AP/<class>`` keys)."""
+    summary = {k: v for k, v in metrics.items() if not k.startswith("AP/")}
+    per_class = {k[3:]: v for k, v in metrics.items() if k.startswith("AP/")}
+    lines = [f"{k:>12s}  {v:.4f}" if isinstance(v, float) and not k.startswith("num") else f"{k:>12s}  {v:g}"
+             for k, v in summary.items()]
+    if per_class:
+        width = max(len(c) for c in per_class)
+        lines += ["", f"{'class'.ljust(width)}  AP"]
+        lines += [f"{c.ljust(width)}  {'   n/a' if math.isnan(v) else f'{v:.4f}'}" for c, v in per_class.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="launch.py eval", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", required=True, help="a training run's workdir")
+    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
+    parser.add_argument("--metric", choices=("voc", "coco"), default=None,
+                        help="default: the run's config.eval.metric")
+    parser.add_argument("--max-images", type=int, default=0, help="evaluate only the first N images")
+    parser.add_argument("--batch-size", type=int, default=0, help="default: the run's global batch size")
+    args = parser.parse_args(argv)
+
+    import jax
+    from tqdm import tqdm
+
+    from ssd_jax import inference, parallel, restore, training_loop
+    from ssd_jax.data import pipeline
+    from ssd_jax.evaluation import from_source, plots
+
+    run = restore.restore_run(args.workdir, args.step)
+    config, source = run.config, run.eval_source
+    if args.max_images:
+        source = dataclasses.replace(source, records=tuple(source.records[: args.max_images]))
+    metric = args.metric or config.eval.metric
+    evaluator = from_source.make_evaluator(source, metric, use_07_metric=config.eval.use_07_metric)
+    predict = inference.make_predict_fn(
+        run.graphdef, run.model.spec, score_threshold=config.eval.score_threshold,
+        nms_iou=config.eval.nms_iou, max_detections=config.eval.max_detections,
+    )
+    devices = run.mesh.devices.size
+    batch = args.batch_size or config.data.batch_size
+    batch = -(-batch // devices) * devices  # a multiple of the device count
+    pcfg = pipeline.PipelineConfig(image_size=run.model.spec.image_size, batch_size=batch,
+                                   max_boxes=config.data.max_boxes, augment=None,
+                                   normalization=training_loop.input_normalization(config.model.name))
+    sharding = parallel.data_sharding(run.mesh)
+    bar = tqdm(total=len(source), desc=f"eval step {run.step}", unit="img", dynamic_ncols=True)
+    metrics, rate = inference.evaluate(
+        predict, run.params, run.model_state, pipeline.eval_dataset(source, pcfg), evaluator, source,
+        progress=lambda done: bar.update(done - bar.n), shard=lambda x: jax.device_put(x, sharding),
+    )
+    bar.close()
+    print(f"{config.name}: {run.model.name}, checkpoint step {run.step}, {len(source)} images of "
+          f"{source.name or 'the eval split'}, {metric} metric, {devices} device(s), "
+          f"{rate:.2f} images/s")
+    print(format_metrics(metrics))
+    out_dir = os.path.join(os.path.abspath(args.workdir), "eval")
+    os.makedirs(out_dir, exist_ok=True)
+    json_path = os.path.join(out_dir, f"step_{run.step}.json")
+    with open(json_path, "w") as f:
+        json.dump({"step": run.step, "metric": metric, "num_images": len(source), "devices": devices,
+                   "images_per_sec": rate, "metrics": metrics}, f, indent=1)
+    ap = {k[3:]: v for k, v in metrics.items() if k.startswith("AP/")}
+    png = plots.plot_precision_recall(evaluator.precision_recall(),
+                                      os.path.join(out_dir, f"step_{run.step}_pr.png"), ap=ap,
+                                      title=f"{config.name} step {run.step}: precision / recall per class")
+    print(f"wrote {json_path} and {png}")
+    return 0

@@ -1,0 +1,76 @@
+"""``launch.py predict``: detect objects in image files with a training run's checkpoint.
+
+    python launch.py predict --workdir DIR --images A.jpg B.png ... --output OUT
+        [--step N] [--score-threshold 0.3]
+
+Writes ``OUT/<image name>.png`` with the boxes, class names and scores drawn (those at or
+above ``--score-threshold``), and ``OUT/detections.json`` in the COCO results format
+(every detection above the config's eval score threshold; ``image_id`` is the file name,
+boxes ``[x, y, w, h]`` in pixels of the original image).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import numpy as np
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="launch.py predict", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", required=True, help="a training run's workdir")
+    parser.add_argument("--images", nargs="+", required=True, help="image files (JPEG, PNG, ...)")
+    parser.add_argument("--output", required=True, help="folder for the drawn images and detections.json")
+    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
+    parser.add_argument("--score-threshold", type=float, default=0.3, help="draw detections scoring at least this")
+    args = parser.parse_args(argv)
+    missing = [p for p in args.images if not os.path.isfile(p)]
+    if missing:
+        parser.error(f"image file(s) not found: {', '.join(missing)}")
+
+    from PIL import Image
+
+    from ssd_jax import inference, restore, training_loop, visualize
+    from ssd_jax.data import transforms
+
+    run = restore.restore_run(args.workdir, args.step)
+    config, source = run.config, run.eval_source
+    size = run.model.spec.image_size
+    norm = training_loop.input_normalization(config.model.name)
+    predict = inference.make_predict_fn(
+        run.graphdef, run.model.spec, score_threshold=config.eval.score_threshold,
+        nms_iou=config.eval.nms_iou, max_detections=config.eval.max_detections,
+    )
+    os.makedirs(args.output, exist_ok=True)
+    results = []
+    for path in args.images:
+        try:
+            image = np.asarray(Image.open(path).convert("RGB"))
+        except OSError as e:
+            raise SystemExit(f"cannot read image {path}: {e}")
+        h, w = image.shape[:2]
+        resized, _, _ = transforms.resize(image, np.zeros((0, 4), np.float32), np.zeros((0,), np.int32), size=size)
+        x = transforms.normalize(resized, norm.mean, norm.std, bgr=norm.bgr)[None]  # as the eval pipeline
+        det = predict(run.params, run.model_state, x)
+        keep = np.asarray(det.valid[0])
+        boxes = np.asarray(det.boxes[0])[keep] * np.array([w, h, w, h])
+        scores = np.asarray(det.scores[0])[keep]
+        classes = np.asarray(det.classes[0])[keep]
+        name = os.path.basename(path)
+        out = os.path.join(args.output, os.path.splitext(name)[0] + ".png")
+        visualize.draw_detections(image, boxes, classes, scores, source.class_names,
+                                  args.score_threshold).save(out)
+        category = source.label_to_category_id(classes) if source.category_ids else classes
+        for b, s, c in zip(boxes, scores, category):
+            results.append({"image_id": name, "category_id": int(c), "score": round(float(s), 5),
+                            "bbox": [round(float(v), 2) for v in (b[0], b[1], b[2] - b[0], b[3] - b[1])]})
+        shown = int((scores >= args.score_threshold).sum())
+        print(f"{name}: {len(scores)} detections, {shown} drawn at score >= {args.score_threshold} -> {out}")
+    json_path = os.path.join(args.output, "detections.json")
+    with open(json_path, "w") as f:
+        json.dump(results, f)
+    print(f"wrote {json_path} ({len(results)} detections)")
+    return 0

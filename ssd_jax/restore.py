@@ -1,0 +1,67 @@
+"""Restore a training run for inference: its config, model, parameters and eval data.
+
+Used by ``launch.py eval`` and ``launch.py predict``. The run's ``config.json`` (written by
+training) rebuilds the model and the data sources; the checkpoint is restored into a
+train state laid out for *this* process's devices (replicated over the current mesh), so
+a run trained on one device evaluates on eight and the other way round.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import ml_collections
+from flax import nnx
+
+from ssd_jax import checkpointing, parallel
+from ssd_jax import train as train_lib
+from ssd_jax import training_loop
+
+
+@dataclasses.dataclass
+class RestoredRun:
+    config: ml_collections.ConfigDict
+    model: nnx.Module  # the freshly built module (structure and prior spec)
+    graphdef: Any
+    params: Any
+    model_state: Any
+    step: int
+    eval_source: Any
+    mesh: Any
+
+
+def load_run_config(workdir: str) -> ml_collections.ConfigDict:
+    """The resolved config a training run wrote into ``workdir/config.json``."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} not found: is {workdir!r} the workdir of a training run?")
+    with open(path) as f:
+        return ml_collections.ConfigDict(json.load(f))
+
+
+def restore_run(workdir: str, step: int | None = None) -> RestoredRun:
+    """Rebuild the model of the run in ``workdir`` and restore checkpoint ``step`` (latest
+    by default) onto the devices of this process."""
+    workdir = os.path.abspath(workdir)
+    config = load_run_config(workdir)
+    _, eval_source = training_loop.build_sources(config)
+    model = training_loop.build_model(config, eval_source.num_classes, nnx.Rngs(config.seed))
+    tx, _ = train_lib.make_optimizer(training_loop.optim_config(config))
+    graphdef, state = train_lib.create_train_state(model, tx, config.seed)
+    mesh = parallel.make_mesh()
+    state = parallel.replicate(state, mesh)
+    ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), save_every=1, keep=None)
+    try:
+        steps = ckpt.all_steps()
+        if not steps:
+            raise FileNotFoundError(f"no checkpoint in {os.path.join(workdir, 'checkpoints')}")
+        if step is not None and step not in steps:
+            raise ValueError(f"no checkpoint for step {step} in {workdir}; saved steps: {steps}")
+        state = ckpt.restore(step, state, None)
+    finally:
+        ckpt.close()
+    return RestoredRun(config, model, graphdef, state.params, state.model_state, int(state.step),
+                       eval_source, mesh)
