@@ -42,6 +42,46 @@ def load_run_config(workdir: str) -> ml_collections.ConfigDict:
         return ml_collections.ConfigDict(json.load(f))
 
 
+def checkpoint_steps(workdir: str) -> list[int]:
+    """Steps of the checkpoints kept in ``workdir/checkpoints``."""
+    ckpt = checkpointing.Checkpointer(os.path.join(os.path.abspath(workdir), "checkpoints"), save_every=1, keep=None)
+    try:
+        return sorted(ckpt.all_steps())
+    finally:
+        ckpt.close()
+
+
+def best_step(workdir: str, key: str = "mAP") -> tuple[int, float]:
+    """The kept checkpoint with the highest evaluation ``key``, from the training log
+    (``metrics.jsonl``, ``eval/<key>`` entries) and earlier ``launch.py eval`` results
+    (``eval/step_<N>.json``). Raises if no kept checkpoint was evaluated."""
+    workdir = os.path.abspath(workdir)
+    scores: dict[int, float] = {}
+    log = os.path.join(workdir, "metrics.jsonl")
+    if os.path.isfile(log):
+        with open(log) as f:
+            for line in f:
+                entry = json.loads(line)
+                if f"eval/{key}" in entry:
+                    scores[int(entry["step"])] = float(entry[f"eval/{key}"])
+    eval_dir = os.path.join(workdir, "eval")
+    if os.path.isdir(eval_dir):
+        for name in os.listdir(eval_dir):
+            if name.startswith("step_") and name.endswith(".json"):
+                with open(os.path.join(eval_dir, name)) as f:
+                    result = json.load(f)
+                if key in result.get("metrics", {}):
+                    scores[int(result["step"])] = float(result["metrics"][key])
+    kept = set(checkpoint_steps(workdir))
+    candidates = {s: v for s, v in scores.items() if s in kept and v == v}
+    if not candidates:
+        raise ValueError(f"no kept checkpoint of {workdir} has an evaluation with {key!r} "
+                         f"(evaluated steps: {sorted(scores)}, kept: {sorted(kept)}); "
+                         f"run launch.py eval --step N first")
+    step = max(candidates, key=lambda s: (candidates[s], s))
+    return step, candidates[step]
+
+
 def restore_run(workdir: str, step: int | None = None) -> RestoredRun:
     """Rebuild the model of the run in ``workdir`` and restore checkpoint ``step`` (latest
     by default) onto the devices of this process."""

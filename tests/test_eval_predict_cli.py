@@ -40,6 +40,13 @@ def test_eval_on_1_and_8_devices_and_predict(tmp_path):
         assert abs(eight["metrics"][key] - value) < 1e-6 or (value != value and eight["metrics"][key] != eight["metrics"][key]), key
     assert (workdir / "eval" / "step_2.json").exists()
 
+    # --best: the training log evaluated step 4; the eval at step 2 above was recorded too.
+    best = json.loads((workdir / "eval" / "step_2.json").read_text())["metrics"]["mAP"]
+    proc = _run(["eval", f"--workdir={workdir}", "--best"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    expected = 2 if best > one["metrics"]["mAP"] else 4
+    assert f"best kept checkpoint: step {expected}" in proc.stdout
+
     proc = _run(["eval", f"--workdir={workdir}", "--step=3"])
     assert proc.returncode != 0 and "no checkpoint for step 3" in proc.stderr
 

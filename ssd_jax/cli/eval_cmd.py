@@ -1,8 +1,9 @@
 """``launch.py eval``: evaluate a training run's checkpoint on its config's eval split.
 
-    python launch.py eval --workdir DIR [--step N] [--metric voc|coco] [--max-images N]
+    python launch.py eval --workdir DIR [--step N | --best] [--metric voc|coco] [--max-images N]
 
-Restores the latest (or ``--step``) checkpoint onto this process's devices, runs the
+Restores the latest (or ``--step``, or with ``--best`` the kept checkpoint with the best
+mAP the run's log or earlier evals recorded) checkpoint onto this process's devices, runs the
 network + ``detect`` over the eval split, prints mAP and per-class AP, and writes
 ``DIR/eval/step_<N>.json`` (metrics, images/s) and ``DIR/eval/step_<N>_pr.png``
 (per-class precision/recall curves).
@@ -34,7 +35,9 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="launch.py eval", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", required=True, help="a training run's workdir")
-    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
+    which.add_argument("--best", action="store_true", help="the kept checkpoint with the best recorded mAP")
     parser.add_argument("--metric", choices=("voc", "coco"), default=None,
                         help="default: the run's config.eval.metric")
     parser.add_argument("--max-images", type=int, default=0, help="evaluate only the first N images")
@@ -48,7 +51,11 @@ def main(argv: list[str]) -> int:
     from ssd_jax.data import pipeline
     from ssd_jax.evaluation import from_source, plots
 
-    run = restore.restore_run(args.workdir, args.step)
+    step = args.step
+    if args.best:
+        step, score = restore.best_step(args.workdir)
+        print(f"best kept checkpoint: step {step} (recorded mAP {score:.4f})")
+    run = restore.restore_run(args.workdir, step)
     config, source = run.config, run.eval_source
     if args.max_images:
         source = dataclasses.replace(source, records=tuple(source.records[: args.max_images]))
