@@ -36,13 +36,15 @@ def test_overrides_apply_with_type_checks_and_clear_errors():
 
 
 def test_experiments_and_their_runlocal_variants_load():
-    for name in ("demo", "ssd300_vgg16_voc"):
+    for name in ("demo", "ssd300_vgg16_voc", "ssd512_vgg16_voc"):
         full = config_cli.load_config(f"experiments/{name}.py")
         small = config_cli.load_config(f"experiments/{name}.py:runlocal")
         assert not full.runlocal and small.runlocal and small.num_steps < full.num_steps
     voc = config_cli.load_config("experiments/ssd300_vgg16_voc.py")
     assert (voc.num_steps, voc.data.batch_size, voc.optim.lr, tuple(voc.optim.decay_steps), voc.optim.weight_decay) == (
         120_000, 32, 1e-3, (80_000, 100_000), 5e-4)
+    ssd512 = config_cli.load_config("experiments/ssd512_vgg16_voc.py")
+    assert (ssd512.model.name, ssd512.model.image_size, ssd512.num_steps) == ("ssd512_vgg16", 512, 120_000)
 
 
 def test_train_command_line():
