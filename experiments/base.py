@@ -29,7 +29,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.layout = "NHWC"
 
     c.data = ml_collections.ConfigDict()
-    c.data.dataset = "builtin"  # "builtin" | "voc"
+    c.data.dataset = "builtin"  # "builtin" | "voc" | "coco" (any COCO-format JSON)
     c.data.batch_size = 32      # global, over all devices and hosts
     c.data.max_boxes = 50
     c.data.num_workers = 0
@@ -43,6 +43,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.voc_root = ""        # folder holding VOCdevkit/VOC2007 and VOC2012 (or the VOC20xx folders)
     c.data.voc_train = ("2007/trainval", "2012/trainval")
     c.data.voc_test = "2007/test"
+    c.data.coco_train_json = ""  # COCO-format datasets: instances JSON + image folder, per split
+    c.data.coco_train_images = ""
+    c.data.coco_val_json = ""
+    c.data.coco_val_images = ""
 
     c.optim = ml_collections.ConfigDict()
     c.optim.optimizer = "sgd"   # "sgd" | "adamw"
@@ -64,7 +68,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.loss.alpha = 1.0
 
     c.eval = ml_collections.ConfigDict()
-    c.eval.metric = "voc"       # VOCEvaluator (works on any source)
+    c.eval.metric = "voc"       # "voc" (AP at IoU 0.5) or "coco" (AP over 0.5:0.95, pycocotools-identical)
     c.eval.use_07_metric = True
     c.eval.score_threshold = 0.01
     c.eval.nms_iou = 0.45

@@ -69,8 +69,15 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError("log_every and checkpoint_every must be >= 1 and eval_every >= 0")
     if config.model.compute_dtype not in ("float32", "bfloat16"):
         raise ValueError(f"model.compute_dtype must be 'float32' or 'bfloat16', got {config.model.compute_dtype!r}")
-    if config.data.dataset not in ("builtin", "voc"):
-        raise ValueError(f"data.dataset must be 'builtin' or 'voc', got {config.data.dataset!r}")
+    if config.data.dataset not in ("builtin", "voc", "coco"):
+        raise ValueError(f"data.dataset must be 'builtin', 'voc' or 'coco', got {config.data.dataset!r}")
+    if config.data.dataset == "coco":
+        for key in ("coco_train_json", "coco_train_images", "coco_val_json", "coco_val_images"):
+            path = config.data[key]
+            if not path or not os.path.exists(path):
+                raise ValueError(f"data.dataset='coco' needs data.{key} (an existing path), got {path!r}")
+    if config.eval.metric not in ("voc", "coco"):
+        raise ValueError(f"eval.metric must be 'voc' or 'coco', got {config.eval.metric!r}")
     if config.data.dataset == "voc":
         if not config.data.voc_root:
             raise ValueError("data.dataset='voc' needs data.voc_root: --config.data.voc_root=/path/to/VOCdevkit")
@@ -119,7 +126,16 @@ def build_sources(config: ml_collections.ConfigDict):
         pairs = lambda splits: [tuple(s.split("/")) for s in splits]  # noqa: E731
         test = (d.voc_test,) if isinstance(d.voc_test, str) else tuple(d.voc_test)
         return voc.voc_source(d.voc_root, pairs(d.voc_train)), voc.voc_source(d.voc_root, pairs(test))
-    raise ValueError(f"data.dataset must be 'builtin' or 'voc', got {d.dataset!r}")
+    if d.dataset == "coco":
+        from ssd_jax.data import coco
+
+        # Crowd regions are kept as "difficult": training leaves them out (unless
+        # data.use_difficult), the COCO evaluator ignores detections on them.
+        # Real COCO has a few degenerate boxes: dropped (counted) rather than fatal.
+        kw = dict(crowd="difficult", invalid_boxes="drop")
+        return (coco.coco_source(d.coco_train_json, d.coco_train_images, **kw),
+                coco.coco_source(d.coco_val_json, d.coco_val_images, **kw))
+    raise ValueError(f"data.dataset must be 'builtin', 'voc' or 'coco', got {d.dataset!r}")
 
 
 def optim_config(config: ml_collections.ConfigDict) -> train_lib.OptimConfig:

@@ -36,7 +36,7 @@ def test_overrides_apply_with_type_checks_and_clear_errors():
 
 
 def test_experiments_and_their_runlocal_variants_load():
-    for name in ("demo", "ssd300_vgg16_voc", "ssd512_vgg16_voc"):
+    for name in ("demo", "ssd300_vgg16_voc", "ssd512_vgg16_voc", "ssd300_vgg16_coco", "ssdlite_mobilenetv2_coco"):
         full = config_cli.load_config(f"experiments/{name}.py")
         small = config_cli.load_config(f"experiments/{name}.py:runlocal")
         assert not full.runlocal and small.runlocal and small.num_steps < full.num_steps

@@ -171,8 +171,29 @@ def test_voc_experiment_on_a_tiny_devkit(tmp_path):
     assert "mAP" in result["eval"]
 
 
+@pytest.mark.parametrize("experiment", ["ssd300_vgg16_coco", "ssdlite_mobilenetv2_coco"])
+def test_coco_experiments_on_a_tiny_coco_json(tmp_path, experiment):
+    """The COCO experiments' data path (COCO JSON, crowd kept as 'difficult', COCO metric)
+    with the tiny network."""
+    import importlib
+
+    from tests._data_helpers import make_coco, tiny_coco_dict
+
+    json_path, images = make_coco(str(tmp_path / "coco"), tiny_coco_dict())
+    config = importlib.import_module(f"experiments.{experiment}").get_config("runlocal")
+    config.model.name, config.model.image_size = "tiny_cnn", 32
+    config.data.coco_train_json = config.data.coco_val_json = json_path
+    config.data.coco_train_images = config.data.coco_val_images = images
+    result = training_loop.train_and_evaluate(config, str(tmp_path / "run"))
+    assert result["step"] == config.num_steps and result["eval"]["num_images"] == 3
+    assert {"AP", "AP50", "AR100", "AP/zebra"} <= set(result["eval"])
+
+
 def test_config_checks_are_clear():
+    from experiments.ssd300_vgg16_coco import get_config as coco_config
     from experiments.ssd300_vgg16_voc import get_config
 
     with pytest.raises(ValueError, match="needs data.voc_root"):
         training_loop.check_config(get_config())
+    with pytest.raises(ValueError, match="needs data.coco_train_json"):
+        training_loop.check_config(coco_config())
