@@ -14,7 +14,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.num_steps = 1000          # optimiser steps in all
     c.log_every = 50            # metrics to console + metrics.jsonl
     c.checkpoint_every = 500
-    c.keep_checkpoints = 3
+    c.keep_checkpoints = 3      # the latest ones ...
+    c.keep_best = True          # ... and the one with the best evaluation (mAP, or AP for the COCO metric)
     c.eval_every = 0            # 0: no periodic evaluation (one at the end if eval_at_end)
     c.eval_at_end = True
     c.eval_max_images = 0       # 0: the whole evaluation split

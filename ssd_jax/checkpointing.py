@@ -3,7 +3,9 @@
 Layout: ``<workdir>/checkpoints/<step>/`` holds two items, ``state`` (the
 :class:`~ssd_jax.train.TrainState` pytree, ``StandardSave``) and ``data`` (the grain
 iterator position, ``grain.checkpoint.CheckpointSave``), written by one orbax
-``CheckpointManager`` that keeps the last ``keep`` checkpoints. Saves are synchronous: when
+``CheckpointManager`` that keeps the last ``keep`` checkpoints and, with ``keep_best``, also
+the one with the best evaluation metric (saved with :meth:`Checkpointer.save`'s
+``metrics``; orbax records them beside the step). Saves are synchronous: when
 :meth:`Checkpointer.save` returns the checkpoint is complete on disk (orbax writes into a
 temporary folder and renames it, so an interrupted save never looks like a checkpoint).
 
@@ -31,17 +33,35 @@ class Checkpointer:
     Args:
       directory: where the step folders go (created).
       save_every: the interval of :meth:`save` without ``force``.
-      keep: checkpoints kept (older ones are deleted); ``None`` keeps all.
+      keep: the latest checkpoints kept (older ones are deleted); ``None`` keeps all.
+      keep_best: also keep the checkpoint with the highest ``metrics[best_metric]`` among
+        those saved with metrics (e.g. the evaluation mAP), however old.
+      best_metric: the key of ``metrics`` that ranks checkpoints (higher is better).
     """
 
-    def __init__(self, directory: str, save_every: int, keep: int | None = 3):
+    def __init__(self, directory: str, save_every: int, keep: int | None = 3, *,
+                 keep_best: bool = False, best_metric: str = "mAP"):
         if save_every < 1:
             raise ValueError(f"save_every must be >= 1, got {save_every}")
         self.directory = os.path.abspath(directory)
         self.save_every = int(save_every)
-        options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep, save_interval_steps=1, enable_async_checkpointing=False, create=True
-        )
+        self.best_metric = best_metric
+        if keep_best and keep is not None:
+            from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
+
+            policy = pp.AnyPreservationPolicy([
+                pp.LatestN(n=keep),
+                pp.BestN(get_metric_fn=lambda m: m[best_metric], reverse=False, n=1,
+                         keep_checkpoints_without_metrics=False),
+            ])
+            options = ocp.CheckpointManagerOptions(
+                save_interval_steps=1, enable_async_checkpointing=False, create=True,
+                preservation_policy=policy,
+            )
+        else:
+            options = ocp.CheckpointManagerOptions(
+                max_to_keep=keep, save_interval_steps=1, enable_async_checkpointing=False, create=True
+            )
         self._manager = ocp.CheckpointManager(self.directory, options=options)
 
     def latest_step(self) -> int | None:
@@ -54,18 +74,22 @@ class Checkpointer:
     def should_save(self, step: int) -> bool:
         return step % self.save_every == 0
 
-    def save(self, step: int, state: Any, data_iterator: Any, *, force: bool = False) -> bool:
+    def save(self, step: int, state: Any, data_iterator: Any, *, force: bool = False,
+             metrics: dict[str, float] | None = None) -> bool:
         """Write checkpoint ``step`` if it is on the interval (or ``force``); True if written.
 
         ``state``: the train state pytree; ``data_iterator``: the grain ``DatasetIterator``
-        positioned after the batches consumed so far (or None to save no data position).
+        positioned after the batches consumed so far (or None to save no data position);
+        ``metrics``: evaluation results of this state (ranks it for ``keep_best``).
         """
         if not (force or self.should_save(step)) or step in self._manager.all_steps():
             return False
         items = {"state": ocp.args.StandardSave(state)}
         if data_iterator is not None:
             items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
-        self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+        if metrics is not None:
+            metrics = {k: float(v) for k, v in metrics.items() if k == self.best_metric}
+        self._manager.save(step, args=ocp.args.Composite(**items), force=True, metrics=metrics or None)
         self._manager.wait_until_finished()
         logger.info("saved checkpoint %d in %s", step, self.directory)
         return True

@@ -216,7 +216,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     )
     data_iter = iter(pipeline.train_dataset(train_src, pcfg))
 
-    ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), config.checkpoint_every, config.keep_checkpoints)
+    evaluates = bool(config.eval_every or config.eval_at_end) and jax.process_count() == 1
+    ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), config.checkpoint_every,
+                                      config.keep_checkpoints, keep_best=config.keep_best and evaluates,
+                                      best_metric="AP" if config.eval.metric == "coco" else "mAP")
     if ckpt.latest_step() is not None:
         state = ckpt.restore(None, state, data_iter)
         logger.info("resumed from step %d", int(state.step))
@@ -224,7 +227,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     num_steps = int(config.num_steps)
 
     evaluator = eval_step = eval_pcfg = None
-    if (config.eval_every or config.eval_at_end) and jax.process_count() == 1:
+    if evaluates:
         from ssd_jax.evaluation import from_source
 
         evaluator = from_source.make_evaluator(eval_src, config.eval.metric, use_07_metric=config.eval.use_07_metric)
@@ -254,6 +257,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     last_logged: dict[str, float] = {}
     last_eval: dict[str, float] = {}
     preempted = False
+    last_eval_step = None
     t_log, steps_since_log = time.perf_counter(), 0
     t_start, start_step = time.perf_counter(), step
     try:
@@ -277,24 +281,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 eta = (num_steps - step) / rate if rate > 0 else float("nan")
                 writer.write(step, {**last_logged, "steps_per_sec": rate, "eta_sec": eta})
                 history, t_log, steps_since_log = [], now, 0
-            if evaluator is not None and config.eval_every and step % config.eval_every == 0 and step < num_steps:
-                last_eval = evaluate(eval_step, state, eval_src, eval_pcfg, mesh, evaluator, config.eval_max_images)
+            evaluated = None
+            if evaluator is not None and ((config.eval_every and step % config.eval_every == 0)
+                                          or (config.eval_at_end and step == num_steps)):
+                last_eval = evaluated = evaluate(eval_step, state, eval_src, eval_pcfg, mesh, evaluator,
+                                                 config.eval_max_images)
+                last_eval_step = step
                 writer.write(step, {k: v for k, v in last_eval.items() if not k.startswith("AP/")}, prefix="eval/")
                 t_log = time.perf_counter()
-            if ckpt.should_save(step) or preempt.requested or step == num_steps:
+            final = preempt.requested or step == num_steps
+            if ckpt.should_save(step) or evaluated is not None or final:
                 # The loss was finite, but a huge update can still leave inf/NaN weights:
                 # never write those into a checkpoint.
                 if not bool(_all_finite((state.params, state.model_state))):
                     raise NonFiniteLossError(step, {**metrics, "params_finite": 0.0}, ckpt.latest_step())
-            ckpt.save(step, state, data_iter)
+                # Evaluated states are always saved, with their metrics, so the best can be kept.
+                ckpt.save(step, state, data_iter, force=evaluated is not None or final, metrics=evaluated)
             if preempt.requested:
-                ckpt.save(step, state, data_iter, force=True)
                 echo(f"stopped by signal {preempt.signum} at step {step}; checkpoint saved, rerun on {workdir} to resume")
                 preempted = True
                 break
         if not preempted:
-            ckpt.save(step, state, data_iter, force=True)
-            if evaluator is not None and config.eval_at_end and step >= num_steps:
+            ckpt.save(step, state, data_iter, force=True)  # a no-op when the loop saved this step
+            if evaluator is not None and config.eval_at_end and step >= num_steps and last_eval_step != step:
                 last_eval = evaluate(eval_step, state, eval_src, eval_pcfg, mesh, evaluator, config.eval_max_images)
                 writer.write(step, {k: v for k, v in last_eval.items() if not k.startswith("AP/")}, prefix="eval/")
         elapsed = time.perf_counter() - t_start

@@ -63,6 +63,17 @@ def test_keeps_the_last_k_checkpoints(cache_dir, tmp_path):
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["4", "5"]
 
 
+def test_keeps_the_latest_and_the_best_evaluated_checkpoint(cache_dir, tmp_path, monkeypatch):
+    scores = {2: 0.5, 4: 0.9, 6: 0.1, 8: 0.2}
+    steps = iter(sorted(scores))
+    monkeypatch.setattr(training_loop, "evaluate", lambda *a, **k: {"mAP": scores[next(steps)]})
+    config = tiny_config(cache_dir, num_steps=8, checkpoint_every=2, keep_checkpoints=1, eval_every=2,
+                         eval_at_end=True)
+    result = training_loop.train_and_evaluate(config, str(tmp_path))
+    assert result["eval"] == {"mAP": 0.2}
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["4", "8"]  # the best (0.9) and the latest
+
+
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(cache_dir, tmp_path, monkeypatch):
     """A batch that makes the loss NaN (here: NaN pixels in the 3rd batch) stops the run with
     an error naming the step; the checkpoint of step 2 is the latest and resumes cleanly."""

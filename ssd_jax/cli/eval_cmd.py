@@ -53,8 +53,9 @@ def main(argv: list[str]) -> int:
 
     step = args.step
     if args.best:
-        step, score = restore.best_step(args.workdir)
-        print(f"best kept checkpoint: step {step} (recorded mAP {score:.4f})")
+        key = "AP" if restore.load_run_config(args.workdir).eval.metric == "coco" else "mAP"
+        step, score = restore.best_step(args.workdir, key)
+        print(f"best kept checkpoint: step {step} (recorded {key} {score:.4f})")
     run = restore.restore_run(args.workdir, step)
     config, source = run.config, run.eval_source
     if args.max_images:
