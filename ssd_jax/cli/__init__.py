@@ -14,6 +14,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("convert_cmd", "convert torchvision weights (.pth) into an ssd_jax checkpoint"),
     "train": ("train_cmd", "train (or resume) an experiment: experiments/<name>.py, --config.x=v overrides"),
     "eval": ("eval_cmd", "evaluate a run's checkpoint on its eval split: table, JSON, PR curves"),
+    "sweep": ("sweep_cmd", "run, list or summarise a hyperparameter sweep (experiments/<sweep>.py)"),
     "predict": ("predict_cmd", "detect objects in image files with a run's checkpoint: drawn PNGs + JSON"),
 }
 

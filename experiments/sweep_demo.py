@@ -1,0 +1,27 @@
+"""A small sweep over the demo: 3 learning rates x 2 negative:positive ratios.
+
+Each point is the demo (experiments/demo.py) shortened to 150 steps with one evaluation
+at the end; 6 points run one after another on a 2-core CPU in roughly 10-15 minutes:
+
+    python launch.py sweep --config experiments/sweep_demo.py --workdir runs/sweep_demo
+    python launch.py sweep --summarize runs/sweep_demo
+"""
+
+from experiments.demo import get_config as demo_config
+from ssd_jax import sweep
+
+
+def get_config(arg: str | None = None):
+    c = demo_config(arg)
+    c.name = "sweep_demo"
+    if not c.runlocal:
+        c.num_steps = 150
+        c.checkpoint_every = 50
+        c.eval_every = 0
+        c.eval_at_end = True
+        c.progress_bar = False
+    return c
+
+
+def get_sweep():
+    return sweep.product(**{"optim.lr": [0.03, 0.1, 0.3], "loss.neg_pos_ratio": [2.0, 3.0]})
