@@ -1,7 +1,8 @@
 """A small sweep over the demo: 3 learning rates x 2 negative:positive ratios.
 
-Each point is the demo (experiments/demo.py) shortened to 150 steps with one evaluation
-at the end; 6 points run one after another on a 2-core CPU in roughly 10-15 minutes:
+Each point is the demo (experiments/demo.py) shortened to 200 steps with one evaluation
+(64 validation images) at the end; the 6 points run one after another on a 2-core CPU in
+under 20 minutes (see the closing note of the sweep issue for a measured run):
 
     python launch.py sweep --config experiments/sweep_demo.py --workdir runs/sweep_demo
     python launch.py sweep --summarize runs/sweep_demo
@@ -15,8 +16,8 @@ def get_config(arg: str | None = None):
     c = demo_config(arg)
     c.name = "sweep_demo"
     if not c.runlocal:
-        c.num_steps = 150
-        c.checkpoint_every = 50
+        c.num_steps = 200
+        c.checkpoint_every = 100
         c.eval_every = 0
         c.eval_at_end = True
         c.progress_bar = False
