@@ -75,3 +75,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.nms_iou = 0.45
     c.eval.max_detections = 200
     return c
+
+
+def runlocal(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The smoke-test shrink shared by the full-scale experiments: 2 steps at batch 2."""
+    c.runlocal = True
+    c.num_steps, c.log_every, c.checkpoint_every, c.eval_every = 2, 1, 2, 0
+    c.eval_max_images = 4
+    c.progress_bar = False
+    c.data.batch_size, c.data.num_workers = 2, 0
+    return c

@@ -11,7 +11,7 @@ Set the four ``data.coco_*`` paths (instances JSON + image folder for train and 
 ``get_config("runlocal")``: a few steps at batch 2 (still needs the paths).
 """
 
-from experiments.base import base_config
+from experiments.base import base_config, runlocal
 
 
 def get_config(arg: str | None = None):
@@ -37,11 +37,7 @@ def get_config(arg: str | None = None):
     c.optim.weight_decay = 5e-4
     c.eval.metric = "coco"
     if arg == "runlocal":
-        c.runlocal = True
-        c.num_steps, c.log_every, c.checkpoint_every, c.eval_every = 2, 1, 2, 0
-        c.eval_max_images = 4
-        c.progress_bar = False
-        c.data.batch_size, c.data.num_workers = 2, 0
+        runlocal(c)
     elif arg:
         raise ValueError(f"ssd300_vgg16_coco: unknown config argument {arg!r} (known: 'runlocal')")
     return c

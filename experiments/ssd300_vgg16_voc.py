@@ -13,7 +13,7 @@ Set ``--config.data.voc_root=/path/to/VOCdevkit``. ``get_config("runlocal")`` is
 test: same network, a few steps, tiny batch (still needs ``voc_root``).
 """
 
-from experiments.base import base_config
+from experiments.base import base_config, runlocal
 
 
 def get_config(arg: str | None = None):
@@ -43,15 +43,7 @@ def get_config(arg: str | None = None):
     c.eval.metric = "voc"
     c.eval.use_07_metric = True
     if arg == "runlocal":
-        c.runlocal = True
-        c.num_steps = 2
-        c.log_every = 1
-        c.checkpoint_every = 2
-        c.eval_every = 0
-        c.eval_max_images = 4
-        c.progress_bar = False
-        c.data.batch_size = 2
-        c.data.num_workers = 0
+        runlocal(c)
     elif arg:
         raise ValueError(f"ssd300_vgg16_voc: unknown config argument {arg!r} (known: 'runlocal')")
     return c

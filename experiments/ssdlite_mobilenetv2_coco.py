@@ -11,7 +11,7 @@ on COCO test-dev at 320x320.
 Set the four ``data.coco_*`` paths. ``get_config("runlocal")``: a few steps at batch 2.
 """
 
-from experiments.base import base_config
+from experiments.base import base_config, runlocal
 
 
 def get_config(arg: str | None = None):
@@ -36,11 +36,7 @@ def get_config(arg: str | None = None):
     c.optim.weight_decay = 4e-5
     c.eval.metric = "coco"
     if arg == "runlocal":
-        c.runlocal = True
-        c.num_steps, c.log_every, c.checkpoint_every, c.eval_every = 2, 1, 2, 0
-        c.eval_max_images = 4
-        c.progress_bar = False
-        c.data.batch_size, c.data.num_workers = 2, 0
+        runlocal(c)
     elif arg:
         raise ValueError(f"ssdlite_mobilenetv2_coco: unknown config argument {arg!r} (known: 'runlocal')")
     return c
