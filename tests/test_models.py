@@ -354,3 +354,15 @@ def test_conv_gradients_equal_xla(kernel, stride, padding, dilation, size):
         dimension_numbers=("NHWC", "HWIO", "NHWC"))), (0, 1))(x, w)
     for a, b in zip(ours, ref):
         np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-4)
+
+
+def test_shifted_wgrad_selection(monkeypatch):
+    monkeypatch.delenv(layers.WGRAD_ENV, raising=False)
+    assert layers.use_shifted_wgrad("cpu") and not layers.use_shifted_wgrad("gpu") and not layers.use_shifted_wgrad("tpu")
+    monkeypatch.setenv(layers.WGRAD_ENV, "xla")
+    assert not layers.use_shifted_wgrad("cpu")
+    monkeypatch.setenv(layers.WGRAD_ENV, "shifted")
+    assert layers.use_shifted_wgrad("gpu")
+    monkeypatch.setenv(layers.WGRAD_ENV, "fast")
+    with pytest.raises(ValueError, match="SSD_JAX_CONV_WGRAD"):
+        layers.use_shifted_wgrad()

@@ -13,6 +13,7 @@ that build their convolutions.
 from __future__ import annotations
 
 import functools
+import os
 from typing import Callable
 
 import jax
@@ -97,7 +98,7 @@ def conv2d(
     Symmetric integer ``padding`` as PyTorch's ``Conv2d``; output in ``compute_dtype``.
     """
     x = x.astype(compute_dtype)
-    if layout == "NHWC" and groups == 1:
+    if layout == "NHWC" and groups == 1 and use_shifted_wgrad():
         y = _conv_nhwc(x, kernel.astype(compute_dtype), stride, padding, dilation)
     else:
         y = jax.lax.conv_general_dilated(
@@ -113,6 +114,26 @@ def conv2d(
         shape = (1, 1, 1, -1) if layout == "NHWC" else (1, -1, 1, 1)
         y = y + bias.astype(compute_dtype).reshape(shape)
     return y
+
+
+#: ``SSD_JAX_CONV_WGRAD``: ``auto`` (default), ``shifted`` or ``xla``.
+WGRAD_ENV = "SSD_JAX_CONV_WGRAD"
+
+
+def use_shifted_wgrad(backend: str | None = None) -> bool:
+    """Whether NHWC convolutions take :func:`_conv_nhwc`'s matmul kernel gradient.
+
+    ``auto`` uses it on the CPU only, where XLA's own convolution weight gradient is slow
+    (DESIGN.md section 6); GPUs and TPUs keep XLA's (cuDNN's) gradient. The environment
+    variable ``SSD_JAX_CONV_WGRAD`` (``shifted`` / ``xla``) forces either, for the benchmarks.
+    Read when a function is traced: set it before the first jit of a train step.
+    """
+    mode = os.environ.get(WGRAD_ENV, "auto")
+    if mode not in ("auto", "shifted", "xla"):
+        raise ValueError(f"{WGRAD_ENV}={mode!r}: expected 'auto', 'shifted' or 'xla'")
+    if mode == "auto":
+        return (backend or jax.default_backend()) == "cpu"
+    return mode == "shifted"
 
 
 def _xla_conv_nhwc(x: Array, kernel: Array, stride: int, padding: int, dilation: int) -> Array:
