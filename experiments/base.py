@@ -19,6 +19,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval_every = 0            # 0: no periodic evaluation (one at the end if eval_at_end)
     c.eval_at_end = True
     c.eval_max_images = 0       # 0: the whole evaluation split
+    c.eval_draw_images = 8      # each evaluation draws its predictions on this many val images (0: none)
     c.init_from = ""            # converted checkpoint (launch.py convert); its params, no optimiser state
     c.progress_bar = True
 
@@ -34,7 +35,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.batch_size = 32      # global, over all devices and hosts
     c.data.max_boxes = 50
     c.data.num_workers = 0
-    c.data.augment = True
+    c.data.augment = True       # the SSD augmentation (photometric, zoom-out, min-IoU crop, flip); False: resize only
+    c.data.expand_p = 0.5       # zoom-out probability (paper 0.5) ...
+    c.data.max_expand = 4.0     # ... up to this factor (paper 4)
+    c.data.crop = True          # the min-IoU random crop (False: never crop)
     c.data.use_difficult = False
     c.data.cache_dir = ""       # builtin: default ~/.cache/ssd_jax or $SSD_JAX_CACHE
     c.data.builtin_num_train = 5000

@@ -1,18 +1,60 @@
-"""Where training metrics go: the console (through a callback) and ``metrics.jsonl``.
+"""Where training metrics go, as ``clu.metric_writers`` writers.
 
-One JSON object per line, ``{"step": int, "time": unix seconds, <name>: float, ...}``, so a
-run's history is readable with nothing but the standard library (``pandas.read_json(...,
-lines=True)`` works too). TensorBoard is written too when ``tensorboardX`` is importable
-(it is not a dependency); nothing here needs TensorFlow.
+:func:`create_writer` returns a ``clu.metric_writers.MultiWriter`` of
+
+* :class:`JsonlWriter`: ``<workdir>/metrics.jsonl``, one JSON object per line,
+  ``{"step": int, "time": unix seconds, <name>: float, ...}``, readable with nothing but the
+  standard library (``pandas.read_json(..., lines=True)`` works too);
+* :class:`TensorBoardWriter`: TensorBoard event files in ``<workdir>/tensorboard`` (scalars,
+  images, texts, histograms, hparams), written with ``tensorboardX`` so no TensorFlow is
+  needed (clu's own ``SummaryWriter`` imports TensorFlow);
+* :class:`ConsoleWriter`: one line per write through a callback (``print``, ``tqdm.write``).
+
+Every writer is synchronous and flushes after each write: what was logged before a crash
+is on disk. :class:`ProgressReport` is clu's ``periodic_actions.ReportProgress`` (steps/s,
+ETA) feeding the same log lines.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
+import sys
 import time
-from typing import Callable, Mapping
+import types
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+
+def _stub_clu_tf_summary_writer() -> None:
+    """Let ``clu.metric_writers`` import without TensorFlow.
+
+    clu 0.0.12's package ``__init__`` imports its TF ``SummaryWriter`` eagerly, so the whole
+    package (and ``clu.periodic_actions``) fails to import without TensorFlow, which this
+    project does not install (a 270 MB wheel, for one writer we replace with tensorboardX).
+    Where TensorFlow is missing, that one module is registered as a placeholder whose
+    ``SummaryWriter`` raises when used; everything else in clu is the real thing.
+    """
+    name = "clu.metric_writers.summary_writer"
+    if name in sys.modules or importlib.util.find_spec("tensorflow") is not None:
+        return
+    stub = types.ModuleType(name)
+
+    class SummaryWriter:  # noqa: D401 - placeholder
+        def __init__(self, *args, **kwargs):
+            raise ImportError("clu's SummaryWriter needs tensorflow; ssd_jax writes TensorBoard files with "
+                              "ssd_jax.metric_writers.TensorBoardWriter (tensorboardX) instead")
+
+    stub.SummaryWriter = SummaryWriter
+    sys.modules[name] = stub
+
+
+_stub_clu_tf_summary_writer()
+
+from clu import metric_writers, periodic_actions  # noqa: E402
 
 
 def format_scalars(scalars: Mapping[str, float]) -> str:
@@ -24,46 +66,136 @@ def format_scalars(scalars: Mapping[str, float]) -> str:
     return " ".join(parts)
 
 
-class MetricWriter:
-    """Append scalars to ``<workdir>/metrics.jsonl`` and echo them with ``echo``.
+class _ScalarsOnly(metric_writers.MetricWriter):
+    """Base of writers that keep scalars only (other kinds are accepted and dropped)."""
 
-    Args:
-      workdir: run folder (the file is appended to across restarts).
-      echo: called with one formatted line per write (e.g. ``print`` or ``tqdm.write``);
-        None: silent.
-      enabled: False on non-primary processes (writes nothing).
-    """
+    def write_summaries(self, step, values, metadata=None):
+        pass
 
-    def __init__(self, workdir: str, echo: Callable[[str], None] | None = print, enabled: bool = True):
-        self.enabled = enabled
-        self.echo = echo
+    def write_images(self, step, images):
+        pass
+
+    def write_videos(self, step, videos):
+        pass
+
+    def write_audios(self, step, audios, *, sample_rate):
+        pass
+
+    def write_texts(self, step, texts):
+        pass
+
+    def write_histograms(self, step, arrays, num_buckets=None):
+        pass
+
+    def write_hparams(self, hparams):
+        pass
+
+    def flush(self):
+        pass
+
+    def close(self):
+        pass
+
+
+class JsonlWriter(_ScalarsOnly):
+    """Append scalars to ``<workdir>/metrics.jsonl`` (the file grows across restarts)."""
+
+    def __init__(self, workdir: str):
+        os.makedirs(workdir, exist_ok=True)
         self.path = os.path.join(workdir, "metrics.jsonl")
-        self._tb = None
-        if enabled:
-            os.makedirs(workdir, exist_ok=True)
-            try:
-                from tensorboardX import SummaryWriter  # optional
 
-                self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
-            except ImportError:
-                self._tb = None
-
-    def write(self, step: int, scalars: Mapping[str, float], prefix: str = "") -> None:
-        if not self.enabled:
-            return
-        values = {f"{prefix}{k}": float(v) for k, v in scalars.items()}
+    def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
+        values = {k: float(np.asarray(v)) for k, v in scalars.items()}
         with open(self.path, "a") as f:
             f.write(json.dumps({"step": int(step), "time": time.time(), **values}, allow_nan=True) + "\n")
-        if self._tb is not None:
-            for k, v in values.items():
-                self._tb.add_scalar(k, v, step)
-            self._tb.flush()
-        if self.echo is not None:
-            self.echo(f"step {step}: {format_scalars(values)}")
 
-    def close(self) -> None:
-        if self._tb is not None:
-            self._tb.close()
+
+class ConsoleWriter(_ScalarsOnly):
+    """``step N: a=1 b=2`` through ``echo`` (e.g. ``tqdm.write`` beside a progress bar)."""
+
+    def __init__(self, echo: Callable[[str], None] = print):
+        self.echo = echo
+
+    def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
+        self.echo(f"step {int(step)}: {format_scalars({k: float(np.asarray(v)) for k, v in scalars.items()})}")
+
+    def write_texts(self, step: int, texts: Mapping[str, str]) -> None:
+        for k, v in texts.items():
+            self.echo(f"step {int(step)}: {k}: {v}")
+
+
+class TensorBoardWriter(metric_writers.MetricWriter):
+    """TensorBoard event files in ``logdir`` through ``tensorboardX`` (no TensorFlow)."""
+
+    def __init__(self, logdir: str):
+        from tensorboardX import SummaryWriter
+
+        self.logdir = logdir
+        self._w = SummaryWriter(logdir)
+
+    def write_summaries(self, step, values, metadata=None):
+        for k, v in values.items():
+            v = np.asarray(v)
+            if v.ndim == 0:
+                self._w.add_scalar(k, float(v), int(step))
+        self._w.flush()
+
+    def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
+        for k, v in scalars.items():
+            self._w.add_scalar(k, float(np.asarray(v)), int(step))
+        self._w.flush()
+
+    def write_images(self, step: int, images: Mapping[str, Any]) -> None:
+        """``images``: ``[H, W, C]`` or ``[N, H, W, C]`` uint8 or float in [0, 1] (clu's shapes)."""
+        for k, v in images.items():
+            v = np.asarray(v)
+            if v.ndim == 3:
+                v = v[None]
+            self._w.add_images(k, v, int(step), dataformats="NHWC")
+        self._w.flush()
+
+    def write_videos(self, step, videos):
+        raise NotImplementedError("TensorBoardWriter does not write videos")
+
+    def write_audios(self, step, audios, *, sample_rate):
+        raise NotImplementedError("TensorBoardWriter does not write audio")
+
+    def write_texts(self, step: int, texts: Mapping[str, str]) -> None:
+        for k, v in texts.items():
+            self._w.add_text(k, v, int(step))
+        self._w.flush()
+
+    def write_histograms(self, step, arrays, num_buckets=None):
+        for k, v in arrays.items():
+            self._w.add_histogram(k, np.asarray(v), int(step), bins=num_buckets or "tensorflow")
+        self._w.flush()
+
+    def write_hparams(self, hparams: Mapping[str, Any]) -> None:
+        # Hyperparameters as one text entry (TensorBoard's hparams plugin wants a metric
+        # dict fixed up front, which a resumable run does not have).
+        lines = [f"{k} = {v!r}" for k, v in sorted(hparams.items())]
+        self._w.add_text("hparams", "    " + "\n    ".join(lines), 0)
+        self._w.flush()
+
+    def flush(self):
+        self._w.flush()
+
+    def close(self):
+        self._w.close()
+
+
+def create_writer(workdir: str, echo: Callable[[str], None] | None = print, enabled: bool = True,
+                  tensorboard: bool = True) -> metric_writers.MultiWriter:
+    """The run's writer: ``metrics.jsonl`` + TensorBoard (``<workdir>/tensorboard``) +
+    console. ``enabled=False`` (non-primary processes) writes nothing."""
+    writers: list[metric_writers.MetricWriter] = []
+    if enabled:
+        writers.append(JsonlWriter(workdir))
+        if tensorboard:
+            writers.append(TensorBoardWriter(os.path.join(workdir, "tensorboard")))
+        if echo is not None:
+            writers.append(ConsoleWriter(echo))
+    return metric_writers.MultiWriter(writers)
 
 
 def read_metrics(workdir: str) -> list[dict]:
@@ -73,3 +205,27 @@ def read_metrics(workdir: str) -> list[dict]:
         return []
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+class ProgressReport(periodic_actions.ReportProgress):
+    """clu's ``ReportProgress`` (steps/s, ETA, time per named part via ``timed(name)``) that
+    keeps its figures for the loop's own log line instead of writing them separately.
+
+    Call it after every step; on the steps it triggers (every ``every_steps`` and the last),
+    :attr:`last` holds ``steps_per_sec``, ``images_per_sec`` and ``eta_sec`` over the
+    interval (the first call only starts the clock, so compilation is not counted).
+    """
+
+    def __init__(self, *, num_train_steps: int, every_steps: int, images_per_step: int):
+        super().__init__(num_train_steps=num_train_steps, writer=None, every_steps=every_steps, every_secs=None)
+        self.images_per_step = images_per_step
+        self.last: dict[str, float] = {}
+
+    def _apply(self, step: int, t: float) -> None:
+        super()._apply(step, t)  # clu's progress note (work unit / absl log)
+        rate = (step - self._previous_step) / max(t - self._previous_time, 1e-9)
+        self.last = {
+            "steps_per_sec": rate,
+            "images_per_sec": rate * self.images_per_step,
+            "eta_sec": (self._num_train_steps - step) / rate if self._num_train_steps else float("nan"),
+        }

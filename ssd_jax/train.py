@@ -10,6 +10,8 @@ Everything here is a pure function of explicit arguments (no globals, no config 
   step decay or cosine).
 * :func:`make_train_step`: ``train_step(state, batch) -> (state, metrics)``, network forward
   (``train=True``), matching and the multibox loss all inside one jit-able function.
+* :class:`TrainMetrics`: a ``clu.metrics.Collection`` that averages a log interval's step
+  metrics on the device (:func:`merge_train_metrics`).
 
 The loss is computed in float32 whatever the network's compute dtype (the model returns
 float32 outputs; :func:`~ssd_jax.losses.multibox_loss` casts), and parameters stay float32.
@@ -24,6 +26,7 @@ import flax
 import jax
 import jax.numpy as jnp
 import optax
+from clu import metrics as clu_metrics
 from flax import nnx
 
 from ssd_jax import losses, matching
@@ -250,3 +253,25 @@ def make_train_step(
         return new_state, out
 
     return train_step
+
+
+#: The step metrics of a log interval (a ``clu.metrics.Collection``): averages, and the
+#: last learning rate. (Built with ``create``: this module's postponed annotations would
+#: hide the metric types from a class body.)
+TrainMetrics = clu_metrics.Collection.create(
+    loss=clu_metrics.Average.from_output("loss"),
+    conf_loss=clu_metrics.Average.from_output("conf_loss"),
+    loc_loss=clu_metrics.Average.from_output("loc_loss"),
+    num_pos=clu_metrics.Average.from_output("num_pos"),
+    num_neg=clu_metrics.Average.from_output("num_neg"),
+    grad_norm=clu_metrics.Average.from_output("grad_norm"),
+    lr=clu_metrics.LastValue.from_output("lr"),
+)
+
+
+@jax.jit
+def merge_train_metrics(acc: TrainMetrics | None, step_metrics: Mapping[str, Array]) -> TrainMetrics:
+    """``acc`` merged with one step's ``metrics`` (from :func:`make_train_step`), on the
+    device (no host transfer); ``acc=None`` starts an interval."""
+    one = TrainMetrics.single_from_model_output(**step_metrics)
+    return one if acc is None else acc.merge(one)

@@ -10,6 +10,14 @@ the current step, then return); on a non-finite loss or gradient norm
 (:class:`NonFiniteLossError` naming the step; nothing is saved after the last finite step,
 so the latest checkpoint is good; the loss is fetched to the host every step for this
 check). Parameters and batch statistics are also checked for inf/NaN before every save.
+
+Logging: the step metrics are accumulated on the device in a ``clu.metrics`` collection
+(:class:`ssd_jax.train.TrainMetrics`) and written every ``log_every`` steps, with clu's
+``ReportProgress`` figures (steps/s, images/s, ETA), through ``clu.metric_writers``
+writers (:mod:`ssd_jax.metric_writers`: ``metrics.jsonl``, TensorBoard event files in
+``<workdir>/tensorboard``, the console). Each evaluation also writes its metrics, and a
+picture of the predictions on the first validation images to
+``<workdir>/predictions/step_<N>.png`` and to TensorBoard.
 """
 
 from __future__ import annotations
@@ -31,7 +39,8 @@ from flax import nnx
 from ssd_jax import anchors, checkpointing, parallel, run_info, tiny_model
 from ssd_jax import train as train_lib
 from ssd_jax.data import pipeline, transforms
-from ssd_jax.metric_writers import MetricWriter, format_scalars
+from ssd_jax import metric_writers
+from ssd_jax.metric_writers import format_scalars
 from ssd_jax.models import factory, params_io, preprocessing
 
 logger = logging.getLogger(__name__)
@@ -94,7 +103,7 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int, rngs: nnx.R
         raise ValueError(f"model.compute_dtype must be 'float32' or 'bfloat16', got {m.compute_dtype!r}")
     if m.name == tiny_model.NAME:
         return tiny_model.build_tiny(num_classes, m.image_size, compute_dtype=dtype, rngs=rngs)
-    width = m.width if m.name == "ssdlite_mobilenetv2" else 1.0
+    width = m.width if m.name in factory.WIDTH_MODELS else 1.0
     return factory.build_model(m.name, num_classes, image_size=m.image_size, compute_dtype=dtype,
                                width=width, layout=m.layout, rngs=rngs)
 
@@ -105,6 +114,16 @@ def input_normalization(model_name: str) -> transforms.Normalization:
     name = "torchvision" if model_name == tiny_model.NAME else factory.default_normalization(model_name)
     conv = preprocessing.get_normalization(name)
     return transforms.Normalization(mean=tuple(255.0 * v for v in conv.mean), std=tuple(255.0 * v for v in conv.std), bgr=False)
+
+
+def augment_config(data: ml_collections.ConfigDict) -> transforms.AugmentConfig | None:
+    """The training augmentation of ``config.data`` (``None``: resize + normalise only)."""
+    if not data.augment:
+        return None
+    if not 0.0 <= data.expand_p <= 1.0 or data.max_expand < 1.0:
+        raise ValueError(f"data.expand_p must be in [0, 1] and data.max_expand >= 1, got {data.expand_p}, {data.max_expand}")
+    return transforms.AugmentConfig(expand_p=float(data.expand_p), max_expand=float(data.max_expand),
+                                    min_ious=transforms.SSD_MIN_IOUS if data.crop else (None,))
 
 
 def build_sources(config: ml_collections.ConfigDict):
@@ -176,6 +195,55 @@ def evaluate(eval_step, state, source, pcfg: pipeline.PipelineConfig, mesh, eval
     return metrics
 
 
+def draw_predictions(predict, state, source, pcfg: pipeline.PipelineConfig, out_dir: str, step: int, count: int,
+                     writer, score_threshold: float = 0.3) -> str:
+    """Detections of ``predict`` on the first ``count`` images of ``source``, drawn (score >=
+    ``score_threshold``) into one grid PNG ``out_dir/step_<step>.png``, also written to
+    ``writer`` as the image ``predictions``. Returns the PNG's path."""
+    from ssd_jax import visualize
+    from ssd_jax.data.images import load_image
+
+    records = source.records[:count]
+    images = [load_image(r) for r in records]
+    no_boxes, no_labels = np.zeros((0, 4), np.float32), np.zeros((0,), np.int32)
+    norm = pcfg.normalization
+    x = np.stack([
+        transforms.normalize(transforms.resize(im, no_boxes, no_labels, size=pcfg.image_size)[0],
+                             norm.mean, norm.std, bgr=norm.bgr)
+        for im in images
+    ])
+    det = jax.device_get(predict(state.params, state.model_state, x))
+    tiles = []
+    for i, im in enumerate(images):
+        h, w = im.shape[:2]
+        keep = np.asarray(det.valid[i])
+        tiles.append(visualize.draw_detections(
+            im, np.asarray(det.boxes[i])[keep] * np.array([w, h, w, h]), np.asarray(det.classes[i])[keep],
+            np.asarray(det.scores[i])[keep], source.class_names, score_threshold))
+    grid = visualize.image_grid(tiles)
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, f"step_{step}.png")
+    grid.save(path)
+    writer.write_images(step, {"predictions": np.asarray(grid)[None]})
+    return path
+
+
+def _flat_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """``{"optim.lr": 0.001, ...}``: the config as flat hyperparameters (tuples as text)."""
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, node) -> None:
+        for k, v in node.items():
+            key = f"{prefix}{k}"
+            if isinstance(v, (dict, ml_collections.ConfigDict)):
+                walk(key + ".", v)
+            else:
+                out[key] = v if isinstance(v, (bool, int, float, str)) else str(v)
+
+    walk("", config)
+    return out
+
+
 # ---------------------------------------------------------------------------- the loop
 
 
@@ -212,7 +280,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     pcfg = pipeline.PipelineConfig(
         image_size=model.spec.image_size, batch_size=local_bs, max_boxes=config.data.max_boxes, seed=config.seed,
         num_workers=config.data.num_workers, use_difficult=config.data.use_difficult, normalization=norm,
-        augment=transforms.AugmentConfig() if config.data.augment else None,
+        augment=augment_config(config.data),
     )
     data_iter = iter(pipeline.train_dataset(train_src, pcfg))
 
@@ -245,7 +313,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
         progress = tqdm(total=num_steps, initial=step, desc=config.name, unit="step", dynamic_ncols=True)
         echo = progress.write
-    writer = MetricWriter(workdir, echo=echo, enabled=primary)
+    writer = metric_writers.create_writer(workdir, echo=echo, enabled=primary)
+    if primary and step == 0:
+        writer.write_hparams(_flat_config(config))
+    report = metric_writers.ProgressReport(num_train_steps=num_steps, every_steps=config.log_every,
+                                           images_per_step=global_bs)
     preempt = checkpointing.PreemptionFlag()
     if threading.current_thread() is threading.main_thread():
         preempt.install()
@@ -253,50 +325,56 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     echo(f"{config.name}: {model.name} {model.spec.image_size}px, {model.spec.num_priors} priors, "
          f"{len(train_src)} training images, global batch {global_bs} over {mesh.devices.size} device(s), "
          f"steps {step} -> {num_steps}, workdir {workdir}")
-    history: list[dict[str, float]] = []
+    acc = None  # the log interval's clu metrics, on the device
     last_logged: dict[str, float] = {}
     last_eval: dict[str, float] = {}
     preempted = False
     last_eval_step = None
-    t_log, steps_since_log = time.perf_counter(), 0
     t_start, start_step = time.perf_counter(), step
+
+    def run_eval(step: int) -> dict[str, float]:
+        with report.timed("eval", wait_jax_async_dispatch=False):
+            result = evaluate(eval_step, state, eval_src, eval_pcfg, mesh, evaluator, config.eval_max_images)
+            writer.write_scalars(step, {f"eval/{k}": v for k, v in result.items() if not k.startswith("AP/")})
+            if primary and config.eval_draw_images:
+                path = draw_predictions(eval_step, state, eval_src, eval_pcfg, os.path.join(workdir, "predictions"),
+                                        step, config.eval_draw_images, writer)
+                echo(f"step {step}: predictions on {config.eval_draw_images} val images -> {path}")
+        return result
+
     try:
         while step < num_steps:
             host_batch = next(data_iter)
             batch = parallel.global_batch(host_batch, mesh, global_bs)
             state, metrics = step_fn(state, batch)
             step += 1
-            metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-            if not (math.isfinite(metrics["loss"]) and math.isfinite(metrics["grad_norm"])):
-                raise NonFiniteLossError(step, metrics, ckpt.latest_step())
-            history.append(metrics)
-            steps_since_log += 1
+            acc = train_lib.merge_train_metrics(acc, metrics)
+            guard = {k: float(v) for k, v in jax.device_get({"loss": metrics["loss"], "grad_norm": metrics["grad_norm"]}).items()}
+            if not (math.isfinite(guard["loss"]) and math.isfinite(guard["grad_norm"])):
+                raise NonFiniteLossError(step, {k: float(v) for k, v in jax.device_get(metrics).items()},
+                                         ckpt.latest_step())
+            report(step)
             if progress is not None:
                 progress.update(1)
-                progress.set_postfix(loss=f"{metrics['loss']:.3f}", refresh=False)
+                progress.set_postfix(loss=f"{guard['loss']:.3f}", refresh=False)
             if step % config.log_every == 0 or step == num_steps:
-                now = time.perf_counter()
-                last_logged = {k: float(np.mean([h[k] for h in history])) for k in history[0]}
-                rate = steps_since_log / max(now - t_log, 1e-9)
-                eta = (num_steps - step) / rate if rate > 0 else float("nan")
-                writer.write(step, {**last_logged, "steps_per_sec": rate, "eta_sec": eta})
-                history, t_log, steps_since_log = [], now, 0
+                last_logged = {k: float(v) for k, v in jax.device_get(acc.compute()).items()}
+                writer.write_scalars(step, {**last_logged, **report.last})  # rates: {} if clu's clock just started
+                report.last, acc = {}, None
             evaluated = None
             if evaluator is not None and ((config.eval_every and step % config.eval_every == 0)
                                           or (config.eval_at_end and step == num_steps)):
-                last_eval = evaluated = evaluate(eval_step, state, eval_src, eval_pcfg, mesh, evaluator,
-                                                 config.eval_max_images)
+                last_eval = evaluated = run_eval(step)
                 last_eval_step = step
-                writer.write(step, {k: v for k, v in last_eval.items() if not k.startswith("AP/")}, prefix="eval/")
-                t_log = time.perf_counter()
             final = preempt.requested or step == num_steps
             if ckpt.should_save(step) or evaluated is not None or final:
                 # The loss was finite, but a huge update can still leave inf/NaN weights:
                 # never write those into a checkpoint.
                 if not bool(_all_finite((state.params, state.model_state))):
-                    raise NonFiniteLossError(step, {**metrics, "params_finite": 0.0}, ckpt.latest_step())
+                    raise NonFiniteLossError(step, {**guard, "params_finite": 0.0}, ckpt.latest_step())
                 # Evaluated states are always saved, with their metrics, so the best can be kept.
-                ckpt.save(step, state, data_iter, force=evaluated is not None or final, metrics=evaluated)
+                with report.timed("checkpoint", wait_jax_async_dispatch=False):
+                    ckpt.save(step, state, data_iter, force=evaluated is not None or final, metrics=evaluated)
             if preempt.requested:
                 echo(f"stopped by signal {preempt.signum} at step {step}; checkpoint saved, rerun on {workdir} to resume")
                 preempted = True
@@ -304,11 +382,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         if not preempted:
             ckpt.save(step, state, data_iter, force=True)  # a no-op when the loop saved this step
             if evaluator is not None and config.eval_at_end and step >= num_steps and last_eval_step != step:
-                last_eval = evaluate(eval_step, state, eval_src, eval_pcfg, mesh, evaluator, config.eval_max_images)
-                writer.write(step, {k: v for k, v in last_eval.items() if not k.startswith("AP/")}, prefix="eval/")
+                last_eval = run_eval(step)
         elapsed = time.perf_counter() - t_start
         if step > start_step:
             echo(f"done: steps {start_step} -> {step} in {elapsed:.1f} s ({(step - start_step) / elapsed:.2f} steps/s incl. compile)")
+        if primary:
+            echo(f"workdir {workdir}: checkpoints/ (orbax), tensorboard/ (tensorboard --logdir {workdir}/tensorboard), "
+                 f"metrics.jsonl" + (", predictions/ (PNGs of val predictions)" if evaluator is not None and config.eval_draw_images else ""))
     finally:
         preempt.uninstall()
         if progress is not None:

@@ -54,3 +54,20 @@ def draw_detections(
         draw.rectangle([x0, ty, x0 + (right - left) + 4, ty + (bottom - top) + 2], fill=colour)
         draw.text((x0 + 2, ty), label, fill=(255, 255, 255))
     return out
+
+
+def image_grid(images: Sequence[Image.Image], columns: int = 4, tile: int = 256, pad: int = 4) -> Image.Image:
+    """``images`` side by side, ``columns`` per row, each scaled to fit a ``tile`` x ``tile``
+    cell (aspect kept) on a white background."""
+    if not images:
+        raise ValueError("image_grid needs at least one image")
+    columns = max(1, min(columns, len(images)))
+    rows = (len(images) + columns - 1) // columns
+    out = Image.new("RGB", (columns * (tile + pad) + pad, rows * (tile + pad) + pad), (255, 255, 255))
+    for i, im in enumerate(images):
+        scale = tile / max(im.size)
+        fitted = im.convert("RGB").resize((max(1, round(im.size[0] * scale)), max(1, round(im.size[1] * scale))),
+                                          Image.BILINEAR)
+        r, c = divmod(i, columns)
+        out.paste(fitted, (pad + c * (tile + pad), pad + r * (tile + pad)))
+    return out

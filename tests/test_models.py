@@ -150,6 +150,28 @@ def test_light_prior_spec_follows_the_network(size):
         assert model.extractor.out_channels == (576, 1280, 512, 256, 256, 128)
 
 
+@pytest.mark.parametrize("size, sizes", [(160, (40, 20, 10, 5, 3, 2)), (128, (32, 16, 8, 4, 2, 1)),
+                                         (96, (24, 12, 6, 3, 2, 1))])
+def test_compact_network_shapes_priors_and_receptive_fields(size, sizes):
+    model = abstract_model("ssd_compact", 10, image_size=size)
+    spec = model.spec
+    assert spec.feature_sizes == sizes and [s[1] for s in source_shapes(model)] == list(sizes)
+    assert spec.boxes_per_cell == (4,) * 6  # min, sqrt(min*max), 2:1, 1:2
+    logits, offsets = abstract_outputs(model, batch=2)
+    assert logits.shape == (2, spec.num_priors, 11) and offsets.shape == (2, spec.num_priors, 4)
+    assert spec.min_sizes[0] == pytest.approx(0.06 * size) and spec.min_sizes[-1] == pytest.approx(0.9 * size)
+    ratios = np.array(spec.min_sizes[1:]) / np.array(spec.min_sizes[:-1])
+    np.testing.assert_allclose(ratios, ratios[0])  # log-spaced
+    infos = [receptive_fields(stack, size)[-1] for stack in model.layer_stacks()]
+    assert [i.jump for i in infos[:4]] == [4, 8, 16, 32]
+    assert [i.receptive_field for i in infos[:4]] == [15, 39, 87, 119]  # 3x3 convs: +2*jump per layer
+    assert model.extractor.out_channels == (32, 64, 128, 128, 128, 128)
+    half = abstract_model("ssd_compact", 10, image_size=size, width=0.5)
+    assert half.extractor.out_channels == (16, 32, 64, 64, 64, 64)
+    with pytest.raises(ValueError, match="width multiplier"):
+        models.build_model("ssd300_vgg16", 3, width=0.5)
+
+
 def test_mobilenet_v2_width_one_matches_torchvision_parameter_count():
     # torchvision mobilenet_v2().features has 2,223,872 parameters (classifier excluded).
     ex = nnx.eval_shape(lambda: mobilenet.MobileNetV2Extractor(1.0, rngs=nnx.Rngs(0)))

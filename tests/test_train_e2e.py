@@ -30,6 +30,17 @@ def test_launch_train_runlocal_writes_checkpoints_config_and_metrics(tmp_path):
     assert [x["step"] for x in lines if "loss" in x] == [2, 4]
     assert any("eval/mAP" in x for x in lines)
     assert "eval: mAP=" in proc.stdout
+    # clu writers: the same scalars in TensorBoard event files, rates from ReportProgress
+    from tests._tb_helpers import read_events
+
+    scalars, images = read_events(workdir / "tensorboard")
+    assert [s for s, _ in scalars["loss"]] == [2, 4] and "eval/mAP" in scalars
+    assert [s for s, _ in scalars["steps_per_sec"]] == [2, 4] and "eta_sec" in scalars and "images_per_sec" in scalars
+    np_loss = [x["loss"] for x in lines if "loss" in x]
+    assert [v for _, v in scalars["loss"]] == pytest.approx(np_loss, rel=1e-6)
+    assert images.get("predictions") == 1
+    assert (workdir / "predictions" / "step_4.png").exists()
+    assert "tensorboard" in proc.stdout and "predictions" in proc.stdout
 
 
 def test_launch_train_bad_key_is_a_clear_error(tmp_path):

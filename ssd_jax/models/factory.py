@@ -1,8 +1,10 @@
 """Build an SSD network by name, with its matching prior spec.
 
 Names: ``ssd300_vgg16``, ``ssd512_vgg16`` (the paper's networks; default priors
-``SSD300_VOC`` / ``SSD512_VOC``) and ``ssdlite_mobilenetv2`` (MobileNetV2 + SSDLite heads,
-any input size; default priors from :func:`ssdlite_prior_spec`).
+``SSD300_VOC`` / ``SSD512_VOC``), ``ssdlite_mobilenetv2`` (MobileNetV2 + SSDLite heads,
+any input size; default priors from :func:`ssdlite_prior_spec`) and ``ssd_compact`` (a
+small VGG-style network with a stride-4 source map, for CPU-sized runs; priors from
+:func:`ssd_jax.models.compact.compact_prior_spec`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ssd_jax import anchors
-from ssd_jax.models import heads, mobilenet, ssd, vgg
+from ssd_jax.models import compact, heads, mobilenet, ssd, vgg
 
 #: torchvision's SSDLite prior scales: linear from 0.2 to 0.95 over the maps, then 1.0
 #: (``DefaultBoxGenerator(min_ratio=0.2, max_ratio=0.95)``), ratios 2 and 3 everywhere.
@@ -27,12 +29,18 @@ def _extractor_factory(name: str, width: float, layout: str) -> Callable:
         return lambda dtype, rngs: vgg.VGG16Extractor(512, layout=layout, compute_dtype=dtype, rngs=rngs)
     if name == "ssdlite_mobilenetv2":
         return lambda dtype, rngs: mobilenet.MobileNetV2Extractor(width, layout=layout, compute_dtype=dtype, rngs=rngs)
+    if name == "ssd_compact":
+        return lambda dtype, rngs: compact.CompactExtractor(width, layout=layout, compute_dtype=dtype, rngs=rngs)
     raise ValueError(f"unknown model {name!r}; choose one of {MODEL_NAMES}")
 
 
-MODEL_NAMES = ("ssd300_vgg16", "ssd512_vgg16", "ssdlite_mobilenetv2")
-_HEADS = {"ssd300_vgg16": heads.SSDHead, "ssd512_vgg16": heads.SSDHead, "ssdlite_mobilenetv2": heads.SSDLiteHead}
-_DEFAULT_NORMALIZATION = {"ssd300_vgg16": "caffe_vgg", "ssd512_vgg16": "caffe_vgg", "ssdlite_mobilenetv2": "torchvision"}
+MODEL_NAMES = ("ssd300_vgg16", "ssd512_vgg16", "ssdlite_mobilenetv2", "ssd_compact")
+#: Models with a width multiplier.
+WIDTH_MODELS = ("ssdlite_mobilenetv2", "ssd_compact")
+_HEADS = {"ssd300_vgg16": heads.SSDHead, "ssd512_vgg16": heads.SSDHead, "ssdlite_mobilenetv2": heads.SSDLiteHead,
+          "ssd_compact": heads.SSDHead}
+_DEFAULT_NORMALIZATION = {"ssd300_vgg16": "caffe_vgg", "ssd512_vgg16": "caffe_vgg", "ssdlite_mobilenetv2": "torchvision",
+                          "ssd_compact": "torchvision"}
 
 
 def default_normalization(name: str) -> str:
@@ -66,6 +74,9 @@ def default_prior_spec(name: str, image_size: int | None = None, width: float = 
     """The priors a model gets when none are given."""
     if name == "ssdlite_mobilenetv2":
         return ssdlite_prior_spec(image_size or 320, width)
+    if name == "ssd_compact":
+        size = image_size or 160
+        return compact.compact_prior_spec(size, network_feature_sizes(name, size, width))
     preset = {"ssd300_vgg16": anchors.SSD300_VOC, "ssd512_vgg16": anchors.SSD512_VOC}.get(name)
     if preset is None:
         raise ValueError(f"unknown model {name!r}; choose one of {MODEL_NAMES}")
@@ -95,7 +106,7 @@ def build_model(
       num_classes: object classes C, background excluded (VOC: 20; logits get C + 1).
       priors: the prior spec; default :func:`default_prior_spec` (``image_size``).
       compute_dtype: ``jnp.float32`` (default) or ``jnp.bfloat16``; parameters stay float32.
-      width: width multiplier of ``ssdlite_mobilenetv2``.
+      width: width multiplier of ``ssdlite_mobilenetv2`` and ``ssd_compact``.
       layout: activations inside the network, ``"NHWC"`` (default) or ``"NCHW"``.
       rngs: parameter initialisation keys (default ``nnx.Rngs(0)``).
     """
@@ -104,8 +115,8 @@ def build_model(
         priors = default_prior_spec(name, image_size, width)
     elif image_size is not None and image_size != priors.image_size:
         raise ValueError(f"image_size={image_size} but the prior spec {priors.name!r} is for {priors.image_size}")
-    if name != "ssdlite_mobilenetv2" and width != 1.0:
-        raise ValueError(f"width multiplier applies only to ssdlite_mobilenetv2, not {name}")
+    if name not in WIDTH_MODELS and width != 1.0:
+        raise ValueError(f"width multiplier applies only to {' and '.join(WIDTH_MODELS)}, not {name}")
     compute_dtype = jnp.dtype(compute_dtype)
     if compute_dtype not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16)):
         raise ValueError(f"compute_dtype must be float32 or bfloat16, got {compute_dtype}")
