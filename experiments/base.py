@@ -24,9 +24,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.progress_bar = True
 
     c.model = ml_collections.ConfigDict()
-    c.model.name = "ssdlite_mobilenetv2"  # or ssd300_vgg16, ssd512_vgg16, tiny_cnn (smoke tests)
+    c.model.name = "ssdlite_mobilenetv2"  # or ssd300_vgg16, ssd512_vgg16, ssd_compact, tiny_cnn (smoke tests)
     c.model.image_size = 320
-    c.model.width = 1.0
+    c.model.width = 1.0         # width multiplier (ssdlite_mobilenetv2, ssd_compact)
     c.model.compute_dtype = "float32"     # or "bfloat16" (params and loss stay float32)
     c.model.layout = "NHWC"
 
@@ -36,6 +36,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.max_boxes = 50
     c.data.num_workers = 0
     c.data.augment = True       # the SSD augmentation (photometric, zoom-out, min-IoU crop, flip); False: resize only
+    c.data.photometric = True   # photometric distortion (brightness, contrast, saturation, hue)
     c.data.expand_p = 0.5       # zoom-out probability (paper 0.5) ...
     c.data.max_expand = 4.0     # ... up to this factor (paper 4)
     c.data.crop = True          # the min-IoU random crop (False: never crop)

@@ -1,8 +1,24 @@
-"""The built-in dataset demo: SSDLite-MobileNetV2 (width 0.5, 160x160) on "shapes on photos".
+"""The built-in dataset demo (the main job): ``ssd_compact`` at 160x160 on "shapes on photos".
 
-Sized for a 2-core CPU: a few hundred steps run in minutes and the loss visibly falls.
-Run: ``python launch.py train`` (this is the default config) or
+Sized for a 2-core CPU and the issue's 15-minute budget: 3,600 steps at batch 16 take ~13
+minutes here (built-in dataset generation and compilation included) and reach VOC mAP@0.5
+~0.48 on the 500 val images (benchmarks/RESULTS.md has the curve; the issue's target,
+0.80, is not reached). Run:
+``python launch.py train`` (this is the default config) or
 ``python launch.py train --config=experiments/demo.py --workdir=runs/demo``.
+
+Choices, each measured on this dataset (RESULTS.md, "The main job"):
+
+* ``ssd_compact`` (dense 3x3 convolutions, first source map at stride 4) instead of
+  SSDLite-MobileNetV2: twice the steps per second on the CPU, and priors down to 6% of the
+  image (the dataset's objects go down to 5% of the short side).
+* Matching IoU threshold 0.35 instead of the paper's 0.5: at 160 px the maps are coarse, so
+  at 0.5 most objects match only their one forced prior and the priors next to them are
+  mined as hard negatives; 0.35 gives ~4x the positives and 6x the mAP after 900 steps.
+* AdamW at 9e-3 for batch 32 (4.5e-3 at 16; 4e-3 and 6e-3 reached 0.42 and 0.46, 1.6e-2
+  and SGD were worse on a smaller set), cosine decay, 100 warm-up steps.
+* Augmentation: min-IoU crops and flips; no zoom-out (the objects are already small) and no
+  photometric distortion (the shapes' colours are random anyway).
 """
 
 from experiments.base import base_config
@@ -11,26 +27,29 @@ from experiments.base import base_config
 def get_config(arg: str | None = None):
     c = base_config()
     c.name = "demo"
-    c.num_steps = 300
-    c.log_every = 25
-    c.checkpoint_every = 100
-    c.eval_every = 150
-    c.eval_max_images = 64
-    c.model.name = "ssdlite_mobilenetv2"
+    c.num_steps = 3600
+    c.log_every = 100
+    c.checkpoint_every = 900
+    c.eval_every = 900
+    c.eval_max_images = 0        # all 500 val images (~3 s)
+    c.model.name = "ssd_compact"
     c.model.image_size = 160
-    c.model.width = 0.5
+    c.model.width = 1.0
     c.data.dataset = "builtin"
     c.data.batch_size = 16
     c.data.max_boxes = 8
-    c.data.builtin_num_train = 1000
-    c.data.builtin_num_val = 100
+    c.data.builtin_num_train = 5000
+    c.data.builtin_num_val = 500
     c.data.builtin_min_side = 128
     c.data.builtin_max_side = 192
-    c.optim.optimizer = "sgd"
-    c.optim.lr = 0.1            # at batch 32 (0.05 at 16): a from-scratch BN network takes a large rate
+    c.data.photometric = False
+    c.data.expand_p = 0.0
+    c.loss.iou_threshold = 0.35
+    c.optim.optimizer = "adamw"
+    c.optim.lr = 9e-3            # at batch 32 (4.5e-3 at 16)
     c.optim.schedule = "cosine"
-    c.optim.warmup_steps = 30
-    c.optim.weight_decay = 4e-5
+    c.optim.warmup_steps = 100
+    c.optim.weight_decay = 1e-4
     c.optim.grad_clip = 10.0
     if arg == "runlocal":
         c.runlocal = True
@@ -39,6 +58,7 @@ def get_config(arg: str | None = None):
         c.checkpoint_every = 2
         c.eval_every = 0
         c.eval_max_images = 4
+        c.eval_draw_images = 4
         c.progress_bar = False
         c.model.image_size = 96
         c.model.width = 0.25

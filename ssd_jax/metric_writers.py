@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import math
 import os
 import sys
@@ -27,6 +28,8 @@ import types
 from typing import Any, Callable, Mapping
 
 import numpy as np
+
+logger = logging.getLogger(__name__)
 
 
 def _stub_clu_tf_summary_writer() -> None:
@@ -155,10 +158,14 @@ class TensorBoardWriter(metric_writers.MetricWriter):
         self._w.flush()
 
     def write_videos(self, step, videos):
-        raise NotImplementedError("TensorBoardWriter does not write videos")
+        # tensorboardX's add_video needs moviepy, which this project does not install.
+        logger.warning("TensorBoardWriter: videos %s at step %d not written (no video support)", sorted(videos), step)
 
-    def write_audios(self, step, audios, *, sample_rate):
-        raise NotImplementedError("TensorBoardWriter does not write audio")
+    def write_audios(self, step: int, audios: Mapping[str, Any], *, sample_rate: int) -> None:
+        """``audios``: ``[T]`` or ``[1, T]`` floats in [-1, 1] per key."""
+        for k, v in audios.items():
+            self._w.add_audio(k, np.asarray(v).reshape(-1), int(step), sample_rate=sample_rate)
+        self._w.flush()
 
     def write_texts(self, step: int, texts: Mapping[str, str]) -> None:
         for k, v in texts.items():

@@ -122,7 +122,8 @@ def augment_config(data: ml_collections.ConfigDict) -> transforms.AugmentConfig 
         return None
     if not 0.0 <= data.expand_p <= 1.0 or data.max_expand < 1.0:
         raise ValueError(f"data.expand_p must be in [0, 1] and data.max_expand >= 1, got {data.expand_p}, {data.max_expand}")
-    return transforms.AugmentConfig(expand_p=float(data.expand_p), max_expand=float(data.max_expand),
+    return transforms.AugmentConfig(photometric=bool(data.photometric), expand_p=float(data.expand_p),
+                                    max_expand=float(data.max_expand),
                                     min_ious=transforms.SSD_MIN_IOUS if data.crop else (None,))
 
 

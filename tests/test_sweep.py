@@ -26,8 +26,9 @@ def test_sweep_files_in_experiments_load():
     base, points = sweep.load_sweep("experiments/sweep_demo.py")
     assert len(points) == 6 and base.name == "sweep_demo"
     config = sweep.apply_point(base, points[5])
-    assert config.optim.lr == 0.3 and config.loss.neg_pos_ratio == 3.0 and config.name.endswith("lr=0.3_neg_pos_ratio=3")
-    assert base.optim.lr != 0.3  # the base is not changed
+    assert config.optim.lr == 0.016 and config.loss.neg_pos_ratio == 3.0
+    assert config.name.endswith("lr=0.016_neg_pos_ratio=3")
+    assert base.optim.lr != 0.016  # the base is not changed
     _, points = sweep.load_sweep("experiments/sweep_ssd300_voc.py")
     assert len(points) == 6
 

@@ -52,5 +52,22 @@ def test_train_command_line():
     assert config.name == "demo" and config.runlocal and config.num_steps == 4 and config.optim.lr == 0.5
     assert workdir == "/tmp/x"
     config, workdir, _ = train_cmd.parse_args([])
-    assert config.num_steps == 300 and workdir.endswith("runs/demo")
+    assert config.num_steps == 3600 and config.model.name == "ssd_compact" and workdir.endswith("runs/demo")
     assert train_cmd.main(["--config.optim.lrr=1"]) == 2
+
+
+def test_augment_config_knobs():
+    from experiments.base import base_config
+    from ssd_jax import training_loop
+    from ssd_jax.data import transforms
+
+    c = base_config()
+    assert training_loop.augment_config(c.data) == transforms.AugmentConfig()  # the paper's by default
+    c.data.photometric, c.data.expand_p, c.data.max_expand, c.data.crop = False, 0.0, 2.0, False
+    a = training_loop.augment_config(c.data)
+    assert (a.photometric, a.expand_p, a.max_expand, a.min_ious) == (False, 0.0, 2.0, (None,))
+    c.data.augment = False
+    assert training_loop.augment_config(c.data) is None
+    c.data.augment, c.data.expand_p = True, 1.5
+    with pytest.raises(ValueError, match="expand_p"):
+        training_loop.augment_config(c.data)
