@@ -49,6 +49,14 @@ def make_predict_fn(
     return predict
 
 
+def image_detections(detections: Any, index: int, width: int, height: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The valid detections of image ``index`` of a (host) batch from ``predict``:
+    ``(boxes [K,4] xyxy in the pixels of a width x height image, classes [K], scores [K])``."""
+    keep = np.asarray(detections.valid[index])
+    boxes = np.asarray(detections.boxes[index])[keep] * np.array([width, height, width, height])
+    return boxes, np.asarray(detections.classes[index])[keep], np.asarray(detections.scores[index])[keep]
+
+
 def evaluate(
     predict: PredictFn,
     params: Any,

@@ -36,10 +36,9 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from ssd_jax import anchors, checkpointing, parallel, run_info, tiny_model
+from ssd_jax import anchors, checkpointing, metric_writers, parallel, run_info, tiny_model
 from ssd_jax import train as train_lib
 from ssd_jax.data import pipeline, transforms
-from ssd_jax import metric_writers
 from ssd_jax.metric_writers import format_scalars
 from ssd_jax.models import factory, params_io, preprocessing
 
@@ -201,26 +200,16 @@ def draw_predictions(predict, state, source, pcfg: pipeline.PipelineConfig, out_
     """Detections of ``predict`` on the first ``count`` images of ``source``, drawn (score >=
     ``score_threshold``) into one grid PNG ``out_dir/step_<step>.png``, also written to
     ``writer`` as the image ``predictions``. Returns the PNG's path."""
-    from ssd_jax import visualize
+    from ssd_jax import inference, visualize
     from ssd_jax.data.images import load_image
 
-    records = source.records[:count]
-    images = [load_image(r) for r in records]
-    no_boxes, no_labels = np.zeros((0, 4), np.float32), np.zeros((0,), np.int32)
-    norm = pcfg.normalization
-    x = np.stack([
-        transforms.normalize(transforms.resize(im, no_boxes, no_labels, size=pcfg.image_size)[0],
-                             norm.mean, norm.std, bgr=norm.bgr)
-        for im in images
-    ])
+    images = [load_image(r) for r in source.records[:count]]
+    x = np.stack([transforms.network_input(im, pcfg.image_size, pcfg.normalization) for im in images])
     det = jax.device_get(predict(state.params, state.model_state, x))
     tiles = []
     for i, im in enumerate(images):
-        h, w = im.shape[:2]
-        keep = np.asarray(det.valid[i])
-        tiles.append(visualize.draw_detections(
-            im, np.asarray(det.boxes[i])[keep] * np.array([w, h, w, h]), np.asarray(det.classes[i])[keep],
-            np.asarray(det.scores[i])[keep], source.class_names, score_threshold))
+        boxes, classes, scores = inference.image_detections(det, i, im.shape[1], im.shape[0])
+        tiles.append(visualize.draw_detections(im, boxes, classes, scores, source.class_names, score_threshold))
     grid = visualize.image_grid(tiles)
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, f"step_{step}.png")

@@ -93,3 +93,28 @@ def test_draw_detections_marks_only_confident_boxes():
     assert not out[20, 55].any()  # the low-score box is not
     with pytest.raises(ValueError, match="class 3"):
         visualize.draw_detections(image, boxes, np.array([3, 1]), np.array([0.9, 0.9]), ["a", "b"])
+
+
+def test_image_detections_keeps_valid_and_scales_to_pixels():
+    det = postprocess.Detections(
+        boxes=np.array([[[0.1, 0.2, 0.5, 1.0], [0.0, 0.0, 1.0, 1.0], [0, 0, 0, 0]]], np.float32).repeat(2, 0),
+        scores=np.array([[0.9, 0.4, 0.0], [0.8, 0.0, 0.0]], np.float32),
+        classes=np.array([[3, 1, 0], [2, 0, 0]], np.int32),
+        valid=np.array([[True, True, False], [True, False, False]]),
+    )
+    boxes, classes, scores = inference.image_detections(det, 0, width=200, height=100)
+    np.testing.assert_allclose(boxes, [[20, 20, 100, 100], [0, 0, 200, 100]])
+    assert classes.tolist() == [3, 1] and scores.tolist() == pytest.approx([0.9, 0.4])
+    boxes, classes, _ = inference.image_detections(det, 1, width=10, height=10)
+    assert boxes.shape == (1, 4) and classes.tolist() == [2]
+
+
+def test_network_input_is_the_eval_transform():
+    from ssd_jax.data import transforms
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, size=(37, 53, 3), dtype=np.uint8)
+    x = transforms.network_input(image, 32, transforms.TORCHVISION_NORM)
+    resized, _, _ = transforms.resize(image, np.zeros((0, 4)), np.zeros((0,), np.int32), size=32)
+    assert x.shape == (32, 32, 3) and x.dtype == np.float32
+    np.testing.assert_array_equal(x, transforms.TORCHVISION_NORM(resized))

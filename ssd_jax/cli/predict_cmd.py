@@ -31,6 +31,7 @@ def main(argv: list[str]) -> int:
     if missing:
         parser.error(f"image file(s) not found: {', '.join(missing)}")
 
+    import jax
     from PIL import Image
 
     from ssd_jax import inference, restore, training_loop, visualize
@@ -52,13 +53,9 @@ def main(argv: list[str]) -> int:
         except OSError as e:
             raise SystemExit(f"cannot read image {path}: {e}")
         h, w = image.shape[:2]
-        resized, _, _ = transforms.resize(image, np.zeros((0, 4), np.float32), np.zeros((0,), np.int32), size=size)
-        x = transforms.normalize(resized, norm.mean, norm.std, bgr=norm.bgr)[None]  # as the eval pipeline
-        det = predict(run.params, run.model_state, x)
-        keep = np.asarray(det.valid[0])
-        boxes = np.asarray(det.boxes[0])[keep] * np.array([w, h, w, h])
-        scores = np.asarray(det.scores[0])[keep]
-        classes = np.asarray(det.classes[0])[keep]
+        x = transforms.network_input(image, size, norm)[None]  # as the eval pipeline
+        det = jax.device_get(predict(run.params, run.model_state, x))
+        boxes, classes, scores = inference.image_detections(det, 0, w, h)
         name = os.path.basename(path)
         out = os.path.join(args.output, os.path.splitext(name)[0] + ".png")
         visualize.draw_detections(image, boxes, classes, scores, source.class_names,

@@ -361,6 +361,13 @@ def resize(
     return image, b, labels
 
 
+def network_input(image: np.ndarray, size: int, normalization: "Normalization") -> np.ndarray:
+    """``[H, W, 3]`` uint8 RGB -> ``[size, size, 3]`` float32 network input: the eval
+    transform (resize, normalise) for an image without annotations."""
+    resized, _, _ = resize(image, np.zeros((0, 4), np.float32), np.zeros((0,), np.int32), size=size)
+    return normalization(resized)
+
+
 # ---------------------------------------------------------------------------- composition
 
 
