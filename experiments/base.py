@@ -29,6 +29,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.width = 1.0         # width multiplier (ssdlite_mobilenetv2, ssd_compact)
     c.model.compute_dtype = "float32"     # or "bfloat16" (params and loss stay float32)
     c.model.layout = "NHWC"
+    c.model.depth = 1           # ssd_compact: stride-1 3x3 convolutions per stage (s4, s8, s16)
+    c.model.top_down = False    # ssd_compact: FPN-style top-down fusion of the source maps
 
     c.data = ml_collections.ConfigDict()
     c.data.dataset = "builtin"  # "builtin" | "voc" | "coco" (any COCO-format JSON)

@@ -104,7 +104,7 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int, rngs: nnx.R
         return tiny_model.build_tiny(num_classes, m.image_size, compute_dtype=dtype, rngs=rngs)
     width = m.width if m.name in factory.WIDTH_MODELS else 1.0
     return factory.build_model(m.name, num_classes, image_size=m.image_size, compute_dtype=dtype,
-                               width=width, layout=m.layout, rngs=rngs)
+                               width=width, layout=m.layout, depth=m.get("depth", 1), top_down=m.get("top_down", False), rngs=rngs)
 
 
 def input_normalization(model_name: str) -> transforms.Normalization:

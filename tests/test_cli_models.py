@@ -30,6 +30,13 @@ def test_inspect_config(tmp_path, capsys):
     assert "80 classes" in capsys.readouterr().out
 
 
+def test_inspect_demo_config_shows_its_depth(capsys):
+    # experiments/demo.py: ssd_compact with depth 2, so the stride-4 map's RF is 15 + 2 * 4
+    assert main(["inspect", "--config", "experiments/demo.py"]) == 0
+    out = capsys.readouterr().out
+    assert "s4  40x40     4   23" in out and "total priors: 8552 (= predictions)" in out
+
+
 def test_inspect_draw(tmp_path):
     if importlib.util.find_spec("matplotlib") is None:
         pytest.skip("matplotlib not installed (pip install 'matplotlib>=3.11.2,<3.12'); --draw needs it")

@@ -172,6 +172,46 @@ def test_compact_network_shapes_priors_and_receptive_fields(size, sizes):
         models.build_model("ssd300_vgg16", 3, width=0.5)
 
 
+def test_compact_depth_and_top_down():
+    size = 96
+    base = abstract_model("ssd_compact", 10, image_size=size)
+    deep = abstract_model("ssd_compact", 10, image_size=size, depth=3)
+    fused = abstract_model("ssd_compact", 10, image_size=size, top_down=True)
+    assert deep.spec == base.spec and fused.spec == base.spec  # the priors do not change
+    c = (32, 64, 128)
+    # depth 3: two more 3x3 conv + BN (no bias; BN scale and bias) per stage s4, s8, s16
+    assert models.count_params(deep) - models.count_params(base) == sum(2 * (9 * ch * ch + 2 * ch) for ch in c)
+    # top-down: a 1x1 conv + BN from each coarser map into s16, s8, s4
+    assert models.count_params(fused) - models.count_params(base) == sum(
+        hi * lo + 2 * lo for lo, hi in zip(c, (64, 128, 128)))
+    assert [s[1] for s in source_shapes(deep)] == [s[1] for s in source_shapes(fused)] == list(base.spec.feature_sizes)
+    rf = [receptive_fields(stack, size)[-1].receptive_field for stack in deep.layer_stacks()]
+    assert rf[:4] == [15 + 2 * 2 * 4, 39 + 2 * 2 * 4 + 2 * 2 * 8, 87 + 16 + 32 + 64, 119 + 16 + 32 + 64]
+    with pytest.raises(ValueError, match="depth must be at least 1"):
+        models.build_model("ssd_compact", 3, image_size=size, depth=0)
+    with pytest.raises(ValueError, match="only to ssd_compact"):
+        models.build_model("ssd300_vgg16", 3, depth=2)
+    with pytest.raises(ValueError, match="only to ssd_compact"):
+        models.build_model("ssdlite_mobilenetv2", 3, image_size=size, top_down=True)
+
+
+@pytest.mark.parametrize("size", [96, 100])  # 100: maps 25 -> 13 -> 7 -> 4, upsampling crops
+def test_compact_top_down_runs_and_feeds_the_coarse_maps(size):
+    model = models.build_model("ssd_compact", 3, image_size=size, width=0.25, top_down=True, rngs=nnx.Rngs(0))
+    g, p, s = models.split(model)
+    x = images(2, size)
+
+    def first_map(p):
+        return jnp.sum(nnx.merge(g, p, s).source_features(x)[0] ** 2)
+
+    leaves = jax.tree_util.tree_flatten_with_path(jax.grad(first_map)(p))[0]
+    # the first (stride-4) source map now depends on the s32 stage through the top-down path
+    g_s32 = [v for path, v in leaves if "s32" in jax.tree_util.keystr(path)]
+    assert g_s32 and sum(float(jnp.abs(v).sum()) for v in g_s32) > 0
+    logits, offsets = model(x)
+    assert logits.shape == (2, model.spec.num_priors, 4) and np.isfinite(np.asarray(logits)).all()
+
+
 def test_mobilenet_v2_width_one_matches_torchvision_parameter_count():
     # torchvision mobilenet_v2().features has 2,223,872 parameters (classifier excluded).
     ex = nnx.eval_shape(lambda: mobilenet.MobileNetV2Extractor(1.0, rngs=nnx.Rngs(0)))
@@ -361,7 +401,8 @@ def test_converted_checkpoint_round_trip(lite, tmp_path):
     (3, 1, 6, 6, 40),  # fc6's dilation 6
     (3, 1, 1, 1, 9),  # small map: XLA's own kernel gradient
 ])
-def test_conv_gradients_equal_xla(kernel, stride, padding, dilation, size):
+def test_conv_gradients_equal_xla(kernel, stride, padding, dilation, size, monkeypatch):
+    monkeypatch.setenv(layers.WGRAD_ENV, "shifted")  # the matmul gradient even for 3 input channels
     rng = np.random.default_rng(kernel * 100 + size)
     x = jnp.asarray(rng.normal(size=(2, size, size, 3)), jnp.float32)
     w = jnp.asarray(rng.normal(size=(kernel, kernel, 3, 4)), jnp.float32)
@@ -388,3 +429,15 @@ def test_shifted_wgrad_selection(monkeypatch):
     monkeypatch.setenv(layers.WGRAD_ENV, "fast")
     with pytest.raises(ValueError, match="SSD_JAX_CONV_WGRAD"):
         layers.use_shifted_wgrad()
+
+
+def test_shifted_wgrad_only_for_wide_inputs_in_auto_mode(monkeypatch):
+    on = layers.use_shifted_wgrad()  # the backend decides (CPU: on)
+    monkeypatch.delenv(layers.WGRAD_ENV, raising=False)
+    assert layers._shifted_wgrad_for((3, 3, 64, 8)) == on
+    assert not layers._shifted_wgrad_for((3, 3, 3, 64))  # VGG conv1_1: XLA's gradient is faster
+    assert not layers._shifted_wgrad_for((3, 3, 32, 32))
+    monkeypatch.setenv(layers.WGRAD_ENV, "shifted")
+    assert layers._shifted_wgrad_for((3, 3, 3, 64))
+    monkeypatch.setenv(layers.WGRAD_ENV, "xla")
+    assert not layers._shifted_wgrad_for((3, 3, 512, 512))

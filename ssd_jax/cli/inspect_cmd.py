@@ -157,7 +157,7 @@ def main(argv: list[str]) -> int:
         help=f"prior preset, one of {sorted(anchors.PRESETS)} or 'all' (default SSD300_VOC; with --model: its priors)",
     )
     parser.add_argument("--model", default=None, help="model name (ssd300_vgg16, ssd512_vgg16, ssdlite_mobilenetv2)")
-    parser.add_argument("--config", default=None, help="python file with get_config(): reads model.name / model.image_size / model.width / model.priors / num_classes")
+    parser.add_argument("--config", default=None, help="python file with get_config(): reads model.name / model.image_size / model.width / model.depth / model.top_down / model.priors / num_classes")
     parser.add_argument("--image-size", type=int, default=None, help="input size (ssdlite_mobilenetv2; default 320)")
     parser.add_argument("--width", type=float, default=1.0, help="width multiplier (ssdlite_mobilenetv2)")
     parser.add_argument("--num-classes", type=int, default=20, help="object classes (background excluded)")
@@ -166,11 +166,14 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
 
     model_name, image_size, width, num_classes, priors = args.model, args.image_size, args.width, args.num_classes, args.priors
+    depth, top_down = 1, False
     if args.config:
         cfg = _load_config(args.config)
         model_name = model_name or _cfg_get(cfg, "model.name", "model_name", "model")
         image_size = image_size or _cfg_get(cfg, "model.image_size", "image_size", "data.image_size")
         width = _cfg_get(cfg, "model.width", default=width)
+        depth = _cfg_get(cfg, "model.depth", default=1)
+        top_down = _cfg_get(cfg, "model.top_down", default=False)
         num_classes = _cfg_get(cfg, "num_classes", "model.num_classes", "data.num_classes", default=num_classes)
         priors = priors or _cfg_get(cfg, "model.priors", "priors")
         if not isinstance(model_name, str):
@@ -194,7 +197,8 @@ def main(argv: list[str]) -> int:
         spec = None
         if priors is not None:
             spec = priors if isinstance(priors, anchors.PriorSpec) else anchors.get_preset(priors)
-        model = nnx.eval_shape(lambda: models.build_model(model_name, int(num_classes), spec, image_size=image_size, width=float(width)))
+        model = nnx.eval_shape(lambda: models.build_model(model_name, int(num_classes), spec, image_size=image_size, width=float(width),
+                                                         depth=int(depth), top_down=bool(top_down)))
     except ValueError as e:
         parser.error(str(e))
     print(format_table(model.spec))

@@ -22,7 +22,9 @@ from ssd_jax.models import compact, heads, mobilenet, ssd, vgg
 SSDLITE_MIN_RATIO, SSDLITE_MAX_RATIO = 0.2, 0.95
 
 
-def _extractor_factory(name: str, width: float, layout: str) -> Callable:
+def _extractor_factory(name: str, width: float, layout: str, depth: int = 1, top_down: bool = False) -> Callable:
+    if name != "ssd_compact" and (depth != 1 or top_down):
+        raise ValueError(f"depth and top_down apply only to ssd_compact, not {name}")
     if name == "ssd300_vgg16":
         return lambda dtype, rngs: vgg.VGG16Extractor(300, layout=layout, compute_dtype=dtype, rngs=rngs)
     if name == "ssd512_vgg16":
@@ -30,7 +32,8 @@ def _extractor_factory(name: str, width: float, layout: str) -> Callable:
     if name == "ssdlite_mobilenetv2":
         return lambda dtype, rngs: mobilenet.MobileNetV2Extractor(width, layout=layout, compute_dtype=dtype, rngs=rngs)
     if name == "ssd_compact":
-        return lambda dtype, rngs: compact.CompactExtractor(width, layout=layout, compute_dtype=dtype, rngs=rngs)
+        return lambda dtype, rngs: compact.CompactExtractor(width, depth=depth, top_down=top_down, layout=layout,
+                                                            compute_dtype=dtype, rngs=rngs)
     raise ValueError(f"unknown model {name!r}; choose one of {MODEL_NAMES}")
 
 
@@ -97,6 +100,8 @@ def build_model(
     compute_dtype=jnp.float32,
     width: float = 1.0,
     layout: str = "NHWC",
+    depth: int = 1,
+    top_down: bool = False,
     rngs: nnx.Rngs | None = None,
 ) -> ssd.SSD:
     """An SSD network by name.
@@ -108,9 +113,11 @@ def build_model(
       compute_dtype: ``jnp.float32`` (default) or ``jnp.bfloat16``; parameters stay float32.
       width: width multiplier of ``ssdlite_mobilenetv2`` and ``ssd_compact``.
       layout: activations inside the network, ``"NHWC"`` (default) or ``"NCHW"``.
+      depth, top_down: ``ssd_compact`` only: stride-1 convolutions per stage, and the
+        FPN-style top-down fusion of its source maps (see :class:`compact.CompactExtractor`).
       rngs: parameter initialisation keys (default ``nnx.Rngs(0)``).
     """
-    make = _extractor_factory(name, width, layout)
+    make = _extractor_factory(name, width, layout, depth, top_down)
     if priors is None:
         priors = default_prior_spec(name, image_size, width)
     elif image_size is not None and image_size != priors.image_size:
