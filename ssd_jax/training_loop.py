@@ -102,9 +102,13 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int, rngs: nnx.R
         raise ValueError(f"model.compute_dtype must be 'float32' or 'bfloat16', got {m.compute_dtype!r}")
     if m.name == tiny_model.NAME:
         return tiny_model.build_tiny(num_classes, m.image_size, compute_dtype=dtype, rngs=rngs)
+    # Options of one family are ignored for the others (a config made for the demo can switch
+    # model.name alone).
     width = m.width if m.name in factory.WIDTH_MODELS else 1.0
-    return factory.build_model(m.name, num_classes, image_size=m.image_size, compute_dtype=dtype,
-                               width=width, layout=m.layout, depth=m.get("depth", 1), top_down=m.get("top_down", False), rngs=rngs)
+    compact = m.name == "ssd_compact"
+    return factory.build_model(m.name, num_classes, image_size=m.image_size, compute_dtype=dtype, width=width,
+                               layout=m.layout, depth=m.get("depth", 1) if compact else 1,
+                               top_down=m.get("top_down", False) if compact else False, rngs=rngs)
 
 
 def input_normalization(model_name: str) -> transforms.Normalization:

@@ -71,3 +71,20 @@ def test_augment_config_knobs():
     c.data.augment, c.data.expand_p = True, 1.5
     with pytest.raises(ValueError, match="expand_p"):
         training_loop.augment_config(c.data)
+
+
+def test_model_switch_on_the_demo_config_ignores_compact_options():
+    # the demo sets ssd_compact's depth 2; switching model.name alone must still build
+    from flax import nnx
+
+    from experiments.demo import get_config
+    from ssd_jax import training_loop
+
+    c = get_config()
+    assert c.model.depth == 2
+    c.model.name, c.model.image_size, c.model.width = "ssdlite_mobilenetv2", 96, 0.25
+    model = training_loop.build_model(c, 3, nnx.Rngs(0))
+    assert model.name == "ssdlite_mobilenetv2"
+    c.model.name = "ssd_compact"
+    deep = training_loop.build_model(c, 3, nnx.Rngs(0))
+    assert deep.extractor.more is not None and len(deep.extractor.more[0]) == 1
