@@ -437,6 +437,8 @@ def test_shifted_wgrad_only_for_wide_inputs_in_auto_mode(monkeypatch):
     assert layers._shifted_wgrad_for((3, 3, 64, 8)) == on
     assert not layers._shifted_wgrad_for((3, 3, 3, 64))  # VGG conv1_1: XLA's gradient is faster
     assert not layers._shifted_wgrad_for((3, 3, 32, 32))
+    assert layers._shifted_wgrad_for((3, 3, 3, 32), stride=2) == on  # strided (a stem): matmuls
+    assert layers._shifted_wgrad_for((1, 1, 16, 96)) == on  # 1x1: one matmul
     monkeypatch.setenv(layers.WGRAD_ENV, "shifted")
     assert layers._shifted_wgrad_for((3, 3, 3, 64))
     monkeypatch.setenv(layers.WGRAD_ENV, "xla")

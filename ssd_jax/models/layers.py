@@ -98,7 +98,7 @@ def conv2d(
     Symmetric integer ``padding`` as PyTorch's ``Conv2d``; output in ``compute_dtype``.
     """
     x = x.astype(compute_dtype)
-    if layout == "NHWC" and groups == 1 and _shifted_wgrad_for(kernel.shape):
+    if layout == "NHWC" and groups == 1 and _shifted_wgrad_for(kernel.shape, stride):
         y = _conv_nhwc(x, kernel.astype(compute_dtype), stride, padding, dilation)
     else:
         y = jax.lax.conv_general_dilated(
@@ -136,20 +136,24 @@ def use_shifted_wgrad(backend: str | None = None) -> bool:
     return mode == "shifted"
 
 
-#: In ``auto`` mode, convolutions with fewer input channels keep XLA's kernel gradient: with
-#: a contraction over so few channels the matmuls lose (VGG's conv1_1, 3 -> 64 at 300x300,
-#: batch 4: 140 ms against XLA's 65 ms), and a whole ssd_compact train step (inputs of 3-32
-#: channels on its maps of 32x32 and more) ran at 155 ms with XLA's against 174 ms.
+#: In ``auto`` mode, stride-1 convolutions (not 1x1) with fewer input channels keep XLA's
+#: kernel gradient: with a contraction over so few channels the row matmuls lose (VGG's
+#: conv1_1, 3 -> 64 at 300x300, batch 4: 140 ms against XLA's 65 ms), and a whole
+#: ssd_compact train step (inputs of 3-32 channels) ran at 150 ms against 171 ms. 1x1 and
+#: strided convolutions keep the matmuls whatever their width: with XLA's for all narrow
+#: ones, the SSDLite-MobileNetV2 step (1x1 convolutions from 16-32 channels on large maps,
+#: a strided stem) lost 17%.
 _SHIFTED_WGRAD_MIN_IN_CHANNELS = 64
 
 
-def _shifted_wgrad_for(kernel_shape) -> bool:
-    """Whether a convolution with this ``HWIO`` kernel takes :func:`_conv_nhwc`."""
+def _shifted_wgrad_for(kernel_shape, stride: int = 1) -> bool:
+    """Whether a convolution with this ``HWIO`` kernel and stride takes :func:`_conv_nhwc`."""
     if not use_shifted_wgrad():
         return False
     if os.environ.get(WGRAD_ENV, "auto") == "shifted":
         return True
-    return kernel_shape[2] >= _SHIFTED_WGRAD_MIN_IN_CHANNELS
+    return (kernel_shape[0] == kernel_shape[1] == 1 or stride > 1
+            or kernel_shape[2] >= _SHIFTED_WGRAD_MIN_IN_CHANNELS)
 
 
 def _xla_conv_nhwc(x: Array, kernel: Array, stride: int, padding: int, dilation: int) -> Array:
