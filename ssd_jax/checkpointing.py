@@ -10,7 +10,8 @@ the one with the best evaluation metric (saved with :meth:`Checkpointer.save`'s
 temporary folder and renames it, so an interrupted save never looks like a checkpoint).
 
 :class:`PreemptionFlag` is the SIGTERM handler: it only records the request; the loop
-checks the flag after each step, saves and exits.
+checks the flag after each step (agreed over all processes of a multi-host run, so every
+host saves the same step and stops), saves and exits.
 """
 
 from __future__ import annotations
@@ -138,6 +139,27 @@ class PreemptionFlag:
         self.requested = True
         self.signum = signum
         logger.warning("received signal %d: will save a checkpoint after this step and stop", signum)
+
+    def agreed(self, allgather: Any = None) -> bool:
+        """Whether any process of the run has received the signal; every process must call
+        this at the same point of each step (the loop does, after the step).
+
+        With several processes (hosts), a signal reaches them at different moments; if one
+        host saved and left while the others ran the next step, they would wait for it in
+        that step's collectives forever. So the hosts agree: the flags are gathered from
+        all processes (``allgather``, default
+        ``jax.experimental.multihost_utils.process_allgather``) and all stop at the same
+        step when any has it. One process: just the local flag, no communication.
+        """
+        if allgather is None:
+            if jax.process_count() == 1:
+                return self.requested
+            from jax.experimental import multihost_utils
+
+            allgather = multihost_utils.process_allgather
+        import numpy as np
+
+        return bool(np.any(np.asarray(allgather(np.asarray(self.requested, np.int32)))))
 
     def install(self) -> "PreemptionFlag":
         for s in self.signals:

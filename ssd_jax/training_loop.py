@@ -360,7 +360,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                           or (config.eval_at_end and step == num_steps)):
                 last_eval = evaluated = run_eval(step)
                 last_eval_step = step
-            final = preempt.requested or step == num_steps
+            stop = preempt.agreed()  # every host stops at the same step
+            final = stop or step == num_steps
             if ckpt.should_save(step) or evaluated is not None or final:
                 # The loss was finite, but a huge update can still leave inf/NaN weights:
                 # never write those into a checkpoint.
@@ -369,8 +370,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 # Evaluated states are always saved, with their metrics, so the best can be kept.
                 with report.timed("checkpoint", wait_jax_async_dispatch=False):
                     ckpt.save(step, state, data_iter, force=evaluated is not None or final, metrics=evaluated)
-            if preempt.requested:
-                echo(f"stopped by signal {preempt.signum} at step {step}; checkpoint saved, rerun on {workdir} to resume")
+            if stop:
+                who = f"signal {preempt.signum}" if preempt.requested else "a signal to another host"
+                echo(f"stopped by {who} at step {step}; checkpoint saved, rerun on {workdir} to resume")
                 preempted = True
                 break
         if not preempted:

@@ -132,6 +132,63 @@ def test_preemption_flag_handler():
     assert flag.requested and flag.signum == signal.SIGTERM
 
 
+def test_preemption_is_agreed_across_processes():
+    # one process: the local flag, no communication
+    flag = checkpointing.PreemptionFlag()
+    assert flag.agreed() is False
+    flag.handler(signal.SIGTERM, None)
+    assert flag.agreed() is True
+    # several processes: any host's signal stops all of them (a fake gather of 3 hosts)
+    quiet = checkpointing.PreemptionFlag()
+    seen = []
+
+    def gather(local, others):
+        seen.append(int(local))
+        return np.array([int(local), *others], np.int32)
+
+    assert quiet.agreed(lambda x: gather(x, [0, 1])) is True
+    assert quiet.agreed(lambda x: gather(x, [0, 0])) is False
+    assert seen == [0, 0]  # this host sent its own (unset) flag
+    assert flag.agreed(lambda x: gather(x, [0, 0])) is True
+
+
+_TWO_HOSTS = """
+import signal, sys
+import jax
+pid, port = int(sys.argv[1]), sys.argv[2]
+jax.distributed.initialize(coordinator_address=f"localhost:{port}", num_processes=2, process_id=pid)
+from ssd_jax import checkpointing
+flag = checkpointing.PreemptionFlag()
+before = flag.agreed()
+if pid == 1:
+    flag.handler(signal.SIGTERM, None)  # only host 1 gets the signal
+print("RESULT", jax.process_count(), before, flag.agreed(), flush=True)
+jax.distributed.shutdown()
+"""
+
+
+def test_preemption_agreed_by_two_real_processes(tmp_path):
+    # jax.distributed on the CPU (gloo collectives): the host without the signal stops too
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as sock:
+        sock.bind(("localhost", 0))
+        port = sock.getsockname()[1]
+    script = tmp_path / "host.py"
+    script.write_text(_TWO_HOSTS)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": root, "JAX_PLATFORMS": "cpu"}
+    env.pop("XLA_FLAGS", None)
+    procs = [subprocess.Popen([sys.executable, str(script), str(i), str(port)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-2000:]
+        assert "RESULT 2 False True" in out, out + err[-2000:]
+
+
 def test_sigterm_saves_a_checkpoint_and_stops(cache_dir, tmp_path):
     workdir = str(tmp_path)
 
