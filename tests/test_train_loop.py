@@ -189,6 +189,64 @@ def test_preemption_agreed_by_two_real_processes(tmp_path):
         assert "RESULT 2 False True" in out, out + err[-2000:]
 
 
+_TRAIN_HOST = """
+import json, sys
+import jax
+pid, port, cache, workdir, root = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
+jax.distributed.initialize(coordinator_address=f"localhost:{port}", num_processes=2, process_id=pid)
+sys.path.insert(0, root + "/tests")
+from _train_helpers import tiny_config
+from ssd_jax import training_loop
+r = training_loop.train_and_evaluate(tiny_config(cache, num_steps=10_000, checkpoint_every=10_000), workdir)
+print("RESULT", json.dumps({"step": r["step"], "preempted": r["preempted"], "loss": r["metrics"].get("loss")}), flush=True)
+jax.distributed.shutdown()
+"""
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_of_two_hosts_stops_both_at_one_checkpoint(cache_dir, tmp_path):
+    # Two jax.distributed CPU processes train one run (global batch 4, 2 images per host);
+    # only host 1 gets SIGTERM. Both must stop after the same step, with one checkpoint.
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    training_loop.build_sources(tiny_config(cache_dir))  # generate the data once, before the hosts
+    with socket.socket() as sock:
+        sock.bind(("localhost", 0))
+        port = sock.getsockname()[1]
+    script = tmp_path / "host.py"
+    script.write_text(_TRAIN_HOST)
+    workdir = str(tmp_path / "run")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": root, "JAX_PLATFORMS": "cpu"}
+    env.pop("XLA_FLAGS", None)
+    procs = [subprocess.Popen([sys.executable, str(script), str(i), str(port), str(cache_dir), workdir, root],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline and not read_metrics(workdir) and all(p.poll() is None for p in procs):
+            time.sleep(0.1)
+        procs[1].send_signal(signal.SIGTERM)
+        outs = [p.communicate(timeout=120) for p in procs]  # without the agreement host 0 hangs here
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    results = []
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+        line = next(l for l in out.splitlines() if l.startswith("RESULT"))
+        results.append(json.loads(line[len("RESULT"):]))
+    assert results[0] == results[1], results  # same step, both preempted, the same global loss
+    step = results[0]["step"]
+    assert results[0]["preempted"] and 1 <= step < 10_000
+    assert os.listdir(os.path.join(workdir, "checkpoints")) == [str(step)]
+    assert "another host" in outs[0][0] + outs[0][1]  # host 0 says why it stopped
+
+
 def test_sigterm_saves_a_checkpoint_and_stops(cache_dir, tmp_path):
     workdir = str(tmp_path)
 
