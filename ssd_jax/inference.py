@@ -67,6 +67,7 @@ def evaluate(
     *,
     progress: Callable[[int], None] | None = None,
     shard: Callable[[np.ndarray], jax.Array] | None = None,
+    gather: Callable[[Any, Mapping[str, np.ndarray]], tuple[Any, np.ndarray, np.ndarray]] | None = None,
 ) -> tuple[dict[str, float], float]:
     """One pass of ``batches`` through ``predict`` into ``evaluator``.
 
@@ -78,6 +79,9 @@ def evaluate(
       progress: called with the number of images done after each batch.
       shard: places a batch of images on the devices (e.g. split over a mesh's data
         axis); default: jit's placement.
+      gather: ``gather(detections, batch) -> (host detections, index, valid)`` for the
+        whole global batch; several hosts use it to collect every host's share (see
+        ``training_loop.evaluate``). Default: this process's batch, ``jax.device_get``.
 
     Returns:
       ``(metrics, images_per_second)``; the rate counts real images over the wall time
@@ -89,10 +93,14 @@ def evaluate(
     done, start, first_images = 0, None, 0
     for batch in batches:
         images = batch["image"] if shard is None else shard(batch["image"])
-        detections = jax.device_get(predict(params, model_state, images))
+        detections = predict(params, model_state, images)
+        if gather is None:
+            detections, index, valid = jax.device_get(detections), batch["index"], batch["valid"]
+        else:
+            detections, index, valid = gather(detections, batch)
         ids = [
             source.records[int(i)].image_id if ok and i >= 0 else None
-            for i, ok in zip(np.asarray(batch["index"]), np.asarray(batch["valid"]))
+            for i, ok in zip(np.asarray(index), np.asarray(valid))
         ]
         evaluator.add(ids, detections)
         n = sum(i is not None for i in ids)

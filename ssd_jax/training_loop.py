@@ -187,15 +187,37 @@ def apply_init_from(model: nnx.Module, path: str) -> list[str]:
 
 def evaluate(eval_step, state, source, pcfg: pipeline.PipelineConfig, mesh, evaluator, max_images: int = 0) -> dict[str, float]:
     """One evaluation round over ``source`` (its first ``max_images`` images if > 0),
-    the batches split over the mesh's data axis."""
+    the batches split over the mesh's data axis.
+
+    ``pcfg.batch_size`` is this process's share of the batch. With several processes
+    (hosts), each reads and predicts its shard of the images, every batch's detections
+    and record indices are gathered to all hosts (``process_allgather``), and every host
+    feeds the whole split to its evaluator: the metrics are the same on all hosts.
+    """
     from ssd_jax import inference
 
     if max_images:
         source = dataclasses.replace(source, records=tuple(source.records[:max_images]))
-    batches = pipeline.eval_dataset(source, pcfg, process_index=0, process_count=1)
-    sharding = parallel.data_sharding(mesh)
+    count = jax.process_count()
+    if count == 1:
+        batches = pipeline.eval_dataset(source, pcfg, process_index=0, process_count=1)
+        sharding = parallel.data_sharding(mesh)
+        shard, gather = (lambda images: jax.device_put(images, sharding)), None
+    else:
+        from jax.experimental import multihost_utils
+
+        batches = pipeline.eval_dataset(source, pcfg)  # this host's shard
+        global_bs = pcfg.batch_size * count
+
+        def shard(images):
+            return parallel.global_batch({"image": images}, mesh, global_bs)["image"]
+
+        def gather(detections, batch):
+            index, valid = multihost_utils.process_allgather(
+                (np.asarray(batch["index"]), np.asarray(batch["valid"])), tiled=True)
+            return multihost_utils.process_allgather(detections, tiled=True), index, valid
     metrics, _ = inference.evaluate(eval_step, state.params, state.model_state, batches, evaluator, source,
-                                    shard=lambda images: jax.device_put(images, sharding))
+                                    shard=shard, gather=gather)
     return metrics
 
 
@@ -203,7 +225,9 @@ def draw_predictions(predict, state, source, pcfg: pipeline.PipelineConfig, out_
                      writer, score_threshold: float = 0.3) -> str:
     """Detections of ``predict`` on the first ``count`` images of ``source``, drawn (score >=
     ``score_threshold``) into one grid PNG ``out_dir/step_<step>.png``, also written to
-    ``writer`` as the image ``predictions``. Returns the PNG's path."""
+    ``writer`` as the image ``predictions``. Returns the PNG's path. Single-process runs
+    only (the loop skips it on several hosts: one host alone cannot run the jitted
+    ``predict`` on parameters that span all hosts' devices)."""
     from ssd_jax import inference, visualize
     from ssd_jax.data.images import load_image
 
@@ -278,7 +302,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     )
     data_iter = iter(pipeline.train_dataset(train_src, pcfg))
 
-    evaluates = bool(config.eval_every or config.eval_at_end) and jax.process_count() == 1
+    evaluates = bool(config.eval_every or config.eval_at_end)
     ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), config.checkpoint_every,
                                       config.keep_checkpoints, keep_best=config.keep_best and evaluates,
                                       best_metric="AP" if config.eval.metric == "coco" else "mAP")
@@ -297,7 +321,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
         eval_step = inference.make_predict_fn(graphdef, model.spec, score_threshold=config.eval.score_threshold,
                                               nms_iou=config.eval.nms_iou, max_detections=config.eval.max_detections)
-        eval_pcfg = pipeline.PipelineConfig(image_size=model.spec.image_size, batch_size=global_bs,
+        eval_pcfg = pipeline.PipelineConfig(image_size=model.spec.image_size, batch_size=local_bs,
                                             max_boxes=config.data.max_boxes, normalization=norm, augment=None)
 
     progress = None
@@ -330,7 +354,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         with report.timed("eval", wait_jax_async_dispatch=False):
             result = evaluate(eval_step, state, eval_src, eval_pcfg, mesh, evaluator, config.eval_max_images)
             writer.write_scalars(step, {f"eval/{k}": v for k, v in result.items() if not k.startswith("AP/")})
-            if primary and config.eval_draw_images:
+            if primary and config.eval_draw_images and jax.process_count() == 1:  # one host: see draw_predictions
                 path = draw_predictions(eval_step, state, eval_src, eval_pcfg, os.path.join(workdir, "predictions"),
                                         step, config.eval_draw_images, writer)
                 echo(f"step {step}: predictions on {config.eval_draw_images} val images -> {path}")

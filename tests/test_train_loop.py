@@ -152,6 +152,35 @@ def test_preemption_is_agreed_across_processes():
     assert flag.agreed(lambda x: gather(x, [0, 0])) is True
 
 
+def _two_hosts(script_text, tmp_path, args):
+    """Run ``script_text`` as two jax.distributed CPU processes; their stdout, stderr."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as sock:
+        sock.bind(("localhost", 0))
+        port = sock.getsockname()[1]
+    script = tmp_path / "host.py"
+    script.write_text(script_text)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": root, "JAX_PLATFORMS": "cpu"}
+    env.pop("XLA_FLAGS", None)
+    procs = [subprocess.Popen([sys.executable, str(script), str(i), str(port), *args, root], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    return procs
+
+
+def _finish(procs, timeout):
+    """``[(stdout, stderr)]`` of ``procs``; any still running after ``timeout`` s is killed."""
+    try:
+        return [p.communicate(timeout=timeout) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+
+
 _TWO_HOSTS = """
 import signal, sys
 import jax
@@ -169,21 +198,8 @@ jax.distributed.shutdown()
 
 def test_preemption_agreed_by_two_real_processes(tmp_path):
     # jax.distributed on the CPU (gloo collectives): the host without the signal stops too
-    import socket
-    import subprocess
-    import sys
-
-    with socket.socket() as sock:
-        sock.bind(("localhost", 0))
-        port = sock.getsockname()[1]
-    script = tmp_path / "host.py"
-    script.write_text(_TWO_HOSTS)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = {**os.environ, "PYTHONPATH": root, "JAX_PLATFORMS": "cpu"}
-    env.pop("XLA_FLAGS", None)
-    procs = [subprocess.Popen([sys.executable, str(script), str(i), str(port)], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
-    outs = [p.communicate(timeout=120) for p in procs]
+    procs = _two_hosts(_TWO_HOSTS, tmp_path, [])
+    outs = _finish(procs, 120)
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0, err[-2000:]
         assert "RESULT 2 False True" in out, out + err[-2000:]
@@ -213,28 +229,13 @@ def test_sigterm_to_one_of_two_hosts_stops_both_at_one_checkpoint(cache_dir, tmp
     import sys
 
     training_loop.build_sources(tiny_config(cache_dir))  # generate the data once, before the hosts
-    with socket.socket() as sock:
-        sock.bind(("localhost", 0))
-        port = sock.getsockname()[1]
-    script = tmp_path / "host.py"
-    script.write_text(_TRAIN_HOST)
     workdir = str(tmp_path / "run")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = {**os.environ, "PYTHONPATH": root, "JAX_PLATFORMS": "cpu"}
-    env.pop("XLA_FLAGS", None)
-    procs = [subprocess.Popen([sys.executable, str(script), str(i), str(port), str(cache_dir), workdir, root],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for i in range(2)]
-    try:
-        deadline = time.time() + 180
-        while time.time() < deadline and not read_metrics(workdir) and all(p.poll() is None for p in procs):
-            time.sleep(0.1)
-        procs[1].send_signal(signal.SIGTERM)
-        outs = [p.communicate(timeout=120) for p in procs]  # without the agreement host 0 hangs here
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
+    procs = _two_hosts(_TRAIN_HOST, tmp_path, [str(cache_dir), workdir])
+    deadline = time.time() + 180
+    while time.time() < deadline and not read_metrics(workdir) and all(p.poll() is None for p in procs):
+        time.sleep(0.1)
+    procs[1].send_signal(signal.SIGTERM)
+    outs = _finish(procs, 120)  # without the agreement host 0 would hang here
     results = []
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]
@@ -245,6 +246,84 @@ def test_sigterm_to_one_of_two_hosts_stops_both_at_one_checkpoint(cache_dir, tmp
     assert results[0]["preempted"] and 1 <= step < 10_000
     assert os.listdir(os.path.join(workdir, "checkpoints")) == [str(step)]
     assert "another host" in outs[0][0] + outs[0][1]  # host 0 says why it stopped
+
+
+class _Recorder:
+    """An evaluator that keeps, per image id, the number of valid detections and their
+    score sum (what two evaluation paths must agree on)."""
+
+    def reset(self):
+        self.seen = {}
+
+    def add(self, ids, detections):
+        for i, image_id in enumerate(ids):
+            if image_id is not None:
+                valid = np.asarray(detections.valid[i])
+                self.seen[str(image_id)] = [int(valid.sum()), float(np.asarray(detections.scores[i])[valid].sum())]
+
+    def compute(self):
+        return {"images": float(len(self.seen))}
+
+
+_EVAL_HOST = """
+import json, sys, types
+import jax
+pid, port, cache, workdir, root = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
+jax.distributed.initialize(coordinator_address=f"localhost:{port}", num_processes=2, process_id=pid)
+sys.path.insert(0, root)
+from tests._train_helpers import tiny_config
+from tests.test_train_loop import _Recorder
+from ssd_jax import inference, restore, training_loop
+from ssd_jax.data import pipeline
+c = tiny_config(cache, num_steps=2, checkpoint_every=2, eval_max_images=0, **{"data.builtin_num_val": 5})
+c.eval_at_end = True
+r = training_loop.train_and_evaluate(c, workdir)  # trains, then evaluates on both hosts
+run = restore.restore_run(workdir)
+pcfg = pipeline.PipelineConfig(image_size=run.model.spec.image_size, batch_size=2, max_boxes=c.data.max_boxes,
+                               augment=None, normalization=training_loop.input_normalization(c.model.name))
+rec = _Recorder()
+training_loop.evaluate(inference.make_predict_fn(run.graphdef, run.model.spec),
+                       types.SimpleNamespace(params=run.params, model_state=run.model_state),
+                       run.eval_source, pcfg, run.mesh, rec)
+print("RESULT", json.dumps({"eval": r["eval"], "seen": rec.seen}), flush=True)
+jax.distributed.shutdown()
+"""
+
+
+@pytest.mark.slow
+def test_evaluation_on_two_hosts_equals_one_host(cache_dir, tmp_path):
+    # 5 val images over 2 hosts (3 + 2, local batches of 2, padded): every image's
+    # detections reach the evaluator once, equal to a one-process evaluation of the same
+    # checkpoint.
+    import json
+
+    training_loop.build_sources(tiny_config(cache_dir, **{"data.builtin_num_val": 5}))
+    workdir = str(tmp_path / "run")
+    procs = _two_hosts(_EVAL_HOST, tmp_path, [str(cache_dir), workdir])
+    outs = _finish(procs, 180)
+    results = []
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+        results.append(json.loads(next(l for l in out.splitlines() if l.startswith("RESULT"))[len("RESULT"):]))
+    assert results[0] == results[1]  # the same metrics and detections on both hosts
+    assert results[0]["eval"]["num_images"] == 5.0  # the loop's own evaluation saw every val image once
+
+    from types import SimpleNamespace
+
+    from ssd_jax import inference, restore
+    from ssd_jax.data import pipeline
+
+    run = restore.restore_run(workdir)  # this process: one host
+    pcfg = pipeline.PipelineConfig(image_size=run.model.spec.image_size, batch_size=4, max_boxes=run.config.data.max_boxes,
+                                   augment=None, normalization=training_loop.input_normalization(run.config.model.name))
+    rec = _Recorder()
+    training_loop.evaluate(inference.make_predict_fn(run.graphdef, run.model.spec),
+                           SimpleNamespace(params=run.params, model_state=run.model_state), run.eval_source, pcfg,
+                           run.mesh, rec)
+    two = results[0]["seen"]
+    assert sorted(two) == sorted(rec.seen) and len(two) == len(run.eval_source)
+    for image_id, (n, total) in rec.seen.items():
+        assert two[image_id][0] == n and two[image_id][1] == pytest.approx(total, rel=1e-4, abs=1e-4)
 
 
 def test_sigterm_saves_a_checkpoint_and_stops(cache_dir, tmp_path):
