@@ -9,9 +9,12 @@ for a command's options.
 import os
 import sys
 
+from ssd_jax import xla_flags
 from ssd_jax.cli import main
 
 if __name__ == "__main__":
+    # CPU flags for the command's kind of work, before any JAX computation (ssd_jax/xla_flags.py)
+    xla_flags.apply(xla_flags.profile_for_command(sys.argv[1] if len(sys.argv) > 1 else None))
     # Multi-host: only when the environment names a coordinator (JAX_COORDINATOR_ADDRESS, with
     # JAX_NUM_PROCESSES and JAX_PROCESS_ID; or SSD_JAX_DISTRIBUTED=1 for JAX's cluster
     # auto-detection, e.g. SLURM or TPU pods). Must run before anything else touches JAX.

@@ -35,6 +35,10 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from ssd_jax import xla_flags  # noqa: E402 (after the path; before JAX starts)
+
+xla_flags.apply("inference")  # what launch.py runs with (SSD_JAX_XLA_DEFAULTS=0: XLA's own defaults)
+
 BATCH, NUM_CLASSES_BG = 8, 21
 RECORDED_TORCHVISION_MS_PER_IMAGE = 17.0  # torchvision 0.29 on this 2-core machine
 RECORDED_PYCOCOTOOLS_S = 5.5  # pycocotools 2.0.x, 1,000 x 100 x 20, "5-6 s"

@@ -32,6 +32,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from ssd_jax import xla_flags  # noqa: E402 (after the path)
+
 #: torchvision 0.29, CPU, 2 threads, this kind of machine (issue 3).
 RECORDED_TORCH = {"ssd300_infer_b1": 2.6, "ssd300_train_b4": 0.94, "ssdlite_train_b16": 11.3}
 
@@ -140,9 +142,11 @@ def main(argv=None):
     ap.add_argument("--variants", action="store_true", help="also NCHW and bfloat16 for the SSD300 train step at batch 4")
     ap.add_argument("--only", choices=("jax", "torch"), default=None)
     ap.add_argument("--json", default=None, help="also write the results here")
+    ap.add_argument("--xla-profile", choices=("auto", "train", "inference"), default="auto",
+                    help="the CPU flags of ssd_jax.xla_flags, as launch.py sets them: train (launch.py train) "
+                         "or inference (launch.py eval/predict); auto: inference cases run in a child "
+                         "process with the inference profile (SSD_JAX_XLA_DEFAULTS=0: XLA's own flags)")
     args = ap.parse_args(argv)
-
-    import jax
 
     cases = [  # key, model, batch, train, torch reference key
         ("ssd300_infer_b1", "ssd300_vgg16", 1, False, "ssd300_infer"),
@@ -157,8 +161,34 @@ def main(argv=None):
         if unknown:
             ap.error(f"unknown cases {sorted(unknown)}; choose from {[c[0] for c in cases]}")
         cases = [c for c in cases if c[0] in wanted]
+    profile, inference_child = args.xla_profile, None
+    if profile == "auto":
+        infer = [c[0] for c in cases if not c[3]]
+        if infer and len(infer) < len(cases) and args.only != "torch":  # mixed: inference in a child
+            inference_child = infer
+            cases = [c for c in cases if c[3]]
+        profile = "train" if any(c[3] for c in cases) else "inference"
+    original_flags = os.environ.get("XLA_FLAGS", "")
+    xla_flags.apply(profile)  # before JAX starts its backend (it does in the first case)
+    child_rows = {}
+    if inference_child:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            out = os.path.join(tmp, "infer.json")
+            child_args = ["--cases", ",".join(inference_child), "--repeats", str(args.repeats), "--xla-profile",
+                          "inference", "--json", out] + (["--torch", args.torch] if args.torch else []) + \
+                         (["--only", args.only] if args.only else [])
+            env = {**os.environ, "XLA_FLAGS": original_flags}  # the child adds its own profile
+            subprocess.run([sys.executable, os.path.abspath(__file__), *child_args], check=True, env=env,
+                           stdout=subprocess.DEVNULL)
+            with open(out) as f:
+                child_rows = json.load(f)
+
+    import jax
+
     have_torch = bool(args.torch) and os.path.exists(args.torch) and args.only != "jax"
-    results = {}
+    results = dict(child_rows)
     for key, name, batch, train, tkey in cases:
         row = {"model": name, "batch": batch, "train": train}
         if args.only != "torch":
@@ -183,7 +213,9 @@ def main(argv=None):
             print(f"{key}: {results[key]}", file=sys.stderr, flush=True)
 
     print(f"# bench_network {datetime.date.today()} | jax {jax.__version__} | {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} CPUs | XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+          f"{os.cpu_count()} CPUs | XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}"
+          + (f" (inference cases: {xla_flags.with_defaults('', xla_flags.PROFILES['inference'])!r}, child process)"
+             if child_rows and os.environ.get(xla_flags.OPT_OUT_ENV, "1").lower() not in ("0", "false", "no") else ""))
     print("| case | jax img/s | jax step s | compile s | torchvision img/s | source | ratio jax/torch |")
     print("|---|---:|---:|---:|---:|---|---:|")
     for key, row in results.items():

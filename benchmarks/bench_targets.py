@@ -23,6 +23,10 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from ssd_jax import xla_flags  # noqa: E402 (after the path; before JAX starts)
+
+xla_flags.apply("train")  # what launch.py runs with (SSD_JAX_XLA_DEFAULTS=0: XLA's own defaults)
+
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 

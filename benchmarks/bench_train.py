@@ -33,6 +33,10 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from ssd_jax import xla_flags  # noqa: E402 (after the path; before JAX starts)
+
+xla_flags.apply("train")  # what launch.py runs with (SSD_JAX_XLA_DEFAULTS=0: XLA's own defaults)
+
 #: torchvision 0.29, CPU, 2 threads, this kind of machine (issue 6).
 RECORDED_TORCH_SSD300_B4 = 0.94
 

@@ -34,10 +34,10 @@ from experiments.base import base_config
 def get_config(arg: str | None = None):
     c = base_config()
     c.name = "demo"
-    c.num_steps = 3200
+    c.num_steps = 3600
     c.log_every = 100
-    c.checkpoint_every = 800
-    c.eval_every = 800
+    c.checkpoint_every = 900
+    c.eval_every = 900
     c.eval_max_images = 0        # all 500 val images (~3 s)
     c.model.name = "ssd_compact"
     c.model.image_size = 160

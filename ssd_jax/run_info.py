@@ -1,7 +1,7 @@
 """What a run's workdir records about itself: the resolved config, versions, devices, commit.
 
 ``write_run_info(workdir, config_json)`` writes ``config.json`` (the resolved config) and
-``run_info.json`` (package versions, python, the device list, process count, the git commit
+``run_info.json`` (package versions, ``XLA_FLAGS``, python, the device list, process count, the git commit
 of the code and whether the tree had uncommitted changes, the command line). On a resumed
 run both are rewritten and the previous ``run_info.json`` is kept as ``run_info.<n>.json``.
 """
@@ -67,6 +67,7 @@ def write_run_info(workdir: str, config_json: str) -> dict:
         "python": platform.python_version(),
         "host": platform.node(),
         "packages": package_versions(),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "git": git_commit(),
         **device_info(),
     }

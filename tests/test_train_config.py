@@ -52,7 +52,7 @@ def test_train_command_line():
     assert config.name == "demo" and config.runlocal and config.num_steps == 4 and config.optim.lr == 0.5
     assert workdir == "/tmp/x"
     config, workdir, _ = train_cmd.parse_args([])
-    assert config.num_steps == 3200 and config.model.name == "ssd_compact" and config.model.depth == 2 and workdir.endswith("runs/demo")
+    assert config.num_steps == 3600 and config.model.name == "ssd_compact" and config.model.depth == 2 and workdir.endswith("runs/demo")
     assert train_cmd.main(["--config.optim.lrr=1"]) == 2
 
 

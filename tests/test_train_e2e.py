@@ -26,6 +26,8 @@ def test_launch_train_runlocal_writes_checkpoints_config_and_metrics(tmp_path):
     assert config["runlocal"] is True and config["model"]["name"] == "tiny_cnn" and config["num_steps"] == 4
     info = json.loads((workdir / "run_info.json").read_text())
     assert info["devices"] and info["packages"]["jax"] and "commit" in info["git"]
+    # launch.py's training profile of CPU flags (ssd_jax/xla_flags.py)
+    assert "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution" in info["xla_flags"].split()
     lines = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines if "loss" in x] == [2, 4]
     assert any("eval/mAP" in x for x in lines)

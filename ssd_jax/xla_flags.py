@@ -1,0 +1,75 @@
+"""XLA flags that ``launch.py`` and the benchmarks set before JAX starts its backends.
+
+The library itself changes no flags (importing ``ssd_jax`` leaves ``XLA_FLAGS`` alone):
+:func:`apply` is called by the entry points, before anything touches a JAX device, with
+the profile of the work the process does (:data:`PROFILES`):
+
+* ``train`` (``launch.py train`` / ``sweep``, the training benchmarks):
+  ``--xla_cpu_experimental_ynn_fusion_type=-individual_convolution``: XLA:CPU stops
+  handing single convolutions to YNNPACK (its dot, element-wise and reduction fusions
+  stay). Train steps on the 2-core dev box, jax 0.10.2 (benchmarks/RESULTS.md, "YNNPACK
+  fusions"): SSDLite-MobileNetV2 1.54x, the demo's ``ssd_compact`` 1.23x, SSD300 the same.
+* ``inference`` (``launch.py eval`` / ``predict``, the inference benchmarks):
+  ``--xla_cpu_experimental_ynn_fusion_type=`` (no YNNPACK fusions at all): SSD300
+  inference 1.25x; for training this setting made SSDLite 0.62x (its reductions).
+
+CPU-only flags: GPU and TPU compilations ignore them. A flag the user already put in
+``XLA_FLAGS`` (same name, any value) is kept as given; ``SSD_JAX_XLA_DEFAULTS=0`` turns the
+defaults off (for A/B measurements).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import MutableMapping
+
+#: Flags added to ``XLA_FLAGS`` per profile, unless the user set the same flag (or opted out).
+PROFILES: dict[str, tuple[str, ...]] = {
+    "train": ("--xla_cpu_experimental_ynn_fusion_type=-individual_convolution",),
+    "inference": ("--xla_cpu_experimental_ynn_fusion_type=",),
+}
+
+#: ``0`` / ``false``: leave ``XLA_FLAGS`` as it is.
+OPT_OUT_ENV = "SSD_JAX_XLA_DEFAULTS"
+
+
+def _name(flag: str) -> str:
+    return flag.split("=", 1)[0]
+
+
+def with_defaults(xla_flags: str, defaults: tuple[str, ...]) -> str:
+    """``xla_flags`` with each default appended whose name it does not already set."""
+    present = {_name(f) for f in xla_flags.split()}
+    extra = [f for f in defaults if _name(f) not in present]
+    return " ".join([*xla_flags.split(), *extra])
+
+
+def apply(profile: str = "train", environ: MutableMapping[str, str] | None = None) -> str:
+    """Put ``profile``'s flags into ``environ["XLA_FLAGS"]`` (default ``os.environ``) and
+    return the value. Call before the first JAX computation: XLA reads the flags when a
+    backend starts, so a warning says when that has already happened."""
+    if profile not in PROFILES:
+        raise ValueError(f"unknown XLA flag profile {profile!r}; choose one of {sorted(PROFILES)}")
+    environ = os.environ if environ is None else environ
+    current = environ.get("XLA_FLAGS", "")
+    if environ.get(OPT_OUT_ENV, "1").lower() in ("0", "false", "no"):
+        return current
+    value = with_defaults(current, PROFILES[profile])
+    if value != current:
+        try:
+            from jax._src import xla_bridge
+
+            started = xla_bridge.backends_are_initialized()
+        except Exception:  # noqa: BLE001 (a private API: if it moved, assume not started)
+            started = False
+        if started and environ is os.environ:
+            warnings.warn("ssd_jax.xla_flags.apply() after JAX started its backends: "
+                          f"{value!r} takes effect in new processes only", stacklevel=2)
+        environ["XLA_FLAGS"] = value
+    return value
+
+
+def profile_for_command(command: str | None) -> str:
+    """The profile of a ``launch.py`` command: ``inference`` for eval and predict."""
+    return "inference" if command in ("eval", "predict") else "train"
