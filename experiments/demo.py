@@ -1,8 +1,8 @@
 """The built-in dataset demo (the main job): ``ssd_compact`` at 160x160 on "shapes on photos".
 
-Sized for a 2-core CPU and the issue's 15-minute budget: 3,200 steps at batch 16 take ~12
-minutes here (built-in dataset generation and compilation included) and reach VOC mAP@0.5
-~0.57 on the 500 val images (benchmarks/RESULTS.md has the curve; the issue's target,
+Sized for a 2-core CPU and the issue's 15-minute budget: 3,600 steps at batch 16 take ~11.5
+minutes here with ``launch.py``'s train flags (built-in dataset generation and compilation
+included) and reach VOC mAP@0.5 ~0.575 on the 500 val images (benchmarks/RESULTS.md has the curve; the issue's target,
 0.80, is not reached). Run:
 ``python launch.py train`` (this is the default config) or
 ``python launch.py train --config=experiments/demo.py --workdir=runs/demo``.
