@@ -69,6 +69,11 @@ def format_scalars(scalars: Mapping[str, float]) -> str:
     return " ".join(parts)
 
 
+def _floats(scalars: Mapping[str, Any]) -> dict[str, float]:
+    """``{name: float}`` of scalars given as Python numbers, numpy or jax 0-d arrays."""
+    return {k: float(np.asarray(v)) for k, v in scalars.items()}
+
+
 class _ScalarsOnly(metric_writers.MetricWriter):
     """Base of writers that keep scalars only (other kinds are accepted and dropped)."""
 
@@ -108,7 +113,7 @@ class JsonlWriter(_ScalarsOnly):
         self.path = os.path.join(workdir, "metrics.jsonl")
 
     def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
-        values = {k: float(np.asarray(v)) for k, v in scalars.items()}
+        values = _floats(scalars)
         with open(self.path, "a") as f:
             f.write(json.dumps({"step": int(step), "time": time.time(), **values}, allow_nan=True) + "\n")
 
@@ -120,7 +125,7 @@ class ConsoleWriter(_ScalarsOnly):
         self.echo = echo
 
     def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
-        self.echo(f"step {int(step)}: {format_scalars({k: float(np.asarray(v)) for k, v in scalars.items()})}")
+        self.echo(f"step {int(step)}: {format_scalars(_floats(scalars))}")
 
     def write_texts(self, step: int, texts: Mapping[str, str]) -> None:
         for k, v in texts.items():
@@ -137,15 +142,11 @@ class TensorBoardWriter(metric_writers.MetricWriter):
         self._w = SummaryWriter(logdir)
 
     def write_summaries(self, step, values, metadata=None):
-        for k, v in values.items():
-            v = np.asarray(v)
-            if v.ndim == 0:
-                self._w.add_scalar(k, float(v), int(step))
-        self._w.flush()
+        self.write_scalars(step, {k: v for k, v in values.items() if np.ndim(v) == 0})
 
     def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
-        for k, v in scalars.items():
-            self._w.add_scalar(k, float(np.asarray(v)), int(step))
+        for k, v in _floats(scalars).items():
+            self._w.add_scalar(k, v, int(step))
         self._w.flush()
 
     def write_images(self, step: int, images: Mapping[str, Any]) -> None:

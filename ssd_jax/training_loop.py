@@ -212,10 +212,9 @@ def evaluate(eval_step, state, source, pcfg: pipeline.PipelineConfig, mesh, eval
         def shard(images):
             return parallel.global_batch({"image": images}, mesh, global_bs)["image"]
 
-        def gather(detections, batch):
-            index, valid = multihost_utils.process_allgather(
-                (np.asarray(batch["index"]), np.asarray(batch["valid"])), tiled=True)
-            return multihost_utils.process_allgather(detections, tiled=True), index, valid
+        def gather(detections, batch):  # one collective per batch
+            return multihost_utils.process_allgather(
+                (detections, np.asarray(batch["index"]), np.asarray(batch["valid"])), tiled=True)
     metrics, _ = inference.evaluate(eval_step, state.params, state.model_state, batches, evaluator, source,
                                     shard=shard, gather=gather)
     return metrics

@@ -152,8 +152,19 @@ def test_preemption_is_agreed_across_processes():
     assert flag.agreed(lambda x: gather(x, [0, 0])) is True
 
 
+#: Every two-host script runs between these: argv is ``pid port *args root``.
+_HOST_START = """
+import sys
+import jax
+pid, port = int(sys.argv[1]), sys.argv[2]
+jax.distributed.initialize(coordinator_address=f"localhost:{port}", num_processes=2, process_id=pid)
+"""
+_HOST_END = "jax.distributed.shutdown()\n"
+
+
 def _two_hosts(script_text, tmp_path, args):
-    """Run ``script_text`` as two jax.distributed CPU processes; their stdout, stderr."""
+    """Start ``script_text`` (between :data:`_HOST_START` and :data:`_HOST_END`) as two
+    jax.distributed CPU processes; returns the ``Popen`` objects."""
     import socket
     import subprocess
     import sys
@@ -162,7 +173,7 @@ def _two_hosts(script_text, tmp_path, args):
         sock.bind(("localhost", 0))
         port = sock.getsockname()[1]
     script = tmp_path / "host.py"
-    script.write_text(script_text)
+    script.write_text(_HOST_START + script_text + _HOST_END)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {**os.environ, "PYTHONPATH": root, "JAX_PLATFORMS": "cpu"}
     env.pop("XLA_FLAGS", None)
@@ -182,17 +193,13 @@ def _finish(procs, timeout):
 
 
 _TWO_HOSTS = """
-import signal, sys
-import jax
-pid, port = int(sys.argv[1]), sys.argv[2]
-jax.distributed.initialize(coordinator_address=f"localhost:{port}", num_processes=2, process_id=pid)
+import signal
 from ssd_jax import checkpointing
 flag = checkpointing.PreemptionFlag()
 before = flag.agreed()
 if pid == 1:
     flag.handler(signal.SIGTERM, None)  # only host 1 gets the signal
 print("RESULT", jax.process_count(), before, flag.agreed(), flush=True)
-jax.distributed.shutdown()
 """
 
 
@@ -206,16 +213,13 @@ def test_preemption_agreed_by_two_real_processes(tmp_path):
 
 
 _TRAIN_HOST = """
-import json, sys
-import jax
-pid, port, cache, workdir, root = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
-jax.distributed.initialize(coordinator_address=f"localhost:{port}", num_processes=2, process_id=pid)
+import json
+cache, workdir, root = sys.argv[3:6]
 sys.path.insert(0, root + "/tests")
 from _train_helpers import tiny_config
 from ssd_jax import training_loop
 r = training_loop.train_and_evaluate(tiny_config(cache, num_steps=10_000, checkpoint_every=10_000), workdir)
 print("RESULT", json.dumps({"step": r["step"], "preempted": r["preempted"], "loss": r["metrics"].get("loss")}), flush=True)
-jax.distributed.shutdown()
 """
 
 
@@ -266,10 +270,8 @@ class _Recorder:
 
 
 _EVAL_HOST = """
-import json, sys, types
-import jax
-pid, port, cache, workdir, root = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
-jax.distributed.initialize(coordinator_address=f"localhost:{port}", num_processes=2, process_id=pid)
+import json, types
+cache, workdir, root = sys.argv[3:6]
 sys.path.insert(0, root)
 from tests._train_helpers import tiny_config
 from tests.test_train_loop import _Recorder
@@ -286,7 +288,6 @@ training_loop.evaluate(inference.make_predict_fn(run.graphdef, run.model.spec),
                        types.SimpleNamespace(params=run.params, model_state=run.model_state),
                        run.eval_source, pcfg, run.mesh, rec)
 print("RESULT", json.dumps({"eval": r["eval"], "seen": rec.seen}), flush=True)
-jax.distributed.shutdown()
 """
 
 

@@ -150,7 +150,7 @@ def _shifted_wgrad_for(kernel_shape, stride: int = 1) -> bool:
     """Whether a convolution with this ``HWIO`` kernel and stride takes :func:`_conv_nhwc`."""
     if not use_shifted_wgrad():
         return False
-    if os.environ.get(WGRAD_ENV, "auto") == "shifted":
+    if os.environ.get(WGRAD_ENV, "auto") == "shifted":  # forced for every convolution
         return True
     return (kernel_shape[0] == kernel_shape[1] == 1 or stride > 1
             or kernel_shape[2] >= _SHIFTED_WGRAD_MIN_IN_CHANNELS)
