@@ -9,10 +9,13 @@ for a command's options.
 import os
 import sys
 
-from ssd_jax import xla_flags
+from ssd_jax import host_malloc, xla_flags
 from ssd_jax.cli import main
 
 if __name__ == "__main__":
+    # glibc malloc settings (ssd_jax/host_malloc.py): restarts this process once with them set,
+    # so each XLA:CPU step reuses its buffers instead of page-faulting fresh mmap'd memory
+    host_malloc.reexec_with_settings()
     # CPU flags for the command's kind of work, before any JAX computation (ssd_jax/xla_flags.py)
     xla_flags.apply(xla_flags.profile_for_command(sys.argv[1] if len(sys.argv) > 1 else None))
     # Multi-host: only when the environment names a coordinator (JAX_COORDINATOR_ADDRESS, with

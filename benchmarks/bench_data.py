@@ -15,6 +15,11 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from ssd_jax import host_malloc  # noqa: E402
+
+if __name__ == "__main__":  # as launch.py: glibc malloc settings (ssd_jax/host_malloc.py), restarts once
+    host_malloc.reexec_with_settings()
+
 from ssd_jax.data.builtin import BuiltinSpec, builtin_source  # noqa: E402
 from ssd_jax.data.pipeline import PipelineConfig, train_dataset  # noqa: E402
 

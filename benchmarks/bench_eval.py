@@ -35,7 +35,10 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from ssd_jax import xla_flags  # noqa: E402 (after the path; before JAX starts)
+from ssd_jax import host_malloc, xla_flags  # noqa: E402 (after the path; before JAX starts)
+
+if __name__ == "__main__" and "--torchvision-reference" not in sys.argv:  # as launch.py (ssd_jax/host_malloc.py)
+    host_malloc.reexec_with_settings()
 
 xla_flags.apply("inference")  # what launch.py runs with (SSD_JAX_XLA_DEFAULTS=0: XLA's own defaults)
 
@@ -227,7 +230,7 @@ def main():
             proc = subprocess.run([args.torch_python, os.path.abspath(__file__),
                                    "--torchvision-reference"] + (["--quick"] if args.quick else []),
                                   capture_output=True, text=True,
-                                  env={**os.environ, "PYTHONPATH": os.getcwd()})
+                                  env={**host_malloc.without_added(), "PYTHONPATH": os.getcwd()})
             if proc.returncode == 0:
                 out = json.loads(proc.stdout.strip().splitlines()[-1])
                 ref_ms, ref_note = out["sec"] / BATCH * 1e3, f"measured, subprocess ({out['desc']})"

@@ -2,7 +2,7 @@
 
     python benchmarks/bench_network.py [--repeats 2] [--torch /path/to/torch-venv/bin/python] [--cases a,b]
         [--variants]        # also: NCHW layout and bfloat16 compute for the SSD300 train step
-        [--only jax|torch]
+        [--only jax|torch] [--torch-same-malloc]
 
 Rows: SSD300-VGG16 (21 outputs, 300x300) inference at batch 1 and 8, train step (forward +
 backward + optax SGD-momentum update, jitted, params/opt state donated) at batch 4 and 8;
@@ -15,7 +15,14 @@ The torchvision reference runs in a subprocess of ``--torch`` (a python with tor
 torchvision, 2 threads): ``ssd300_vgg16`` ``head(backbone(x))`` with the same stand-in
 loss and ``torch.optim.SGD``; the light reference is torchvision's
 ``ssdlite320_mobilenet_v3_large`` (the model the recorded number is for; torchvision has
-no MobileNetV2 SSDLite). Without torch the recorded reference numbers are used.
+no MobileNetV2 SSDLite), and the row ``ssdlite_train_b16_samenet`` compares the same jax
+result with our MobileNetV2 SSDLite rebuilt from torchvision's parts (``mobilenet_v2``
+features, ``ssdlite._extra_block``, ``SSDLiteHead``: the same layers and 3,399,108
+parameters). Without torch the recorded reference numbers are used.
+
+Like ``launch.py``, this script restarts itself once with glibc malloc settings
+(``ssd_jax/host_malloc.py``); torch runs with glibc's defaults, as its users run it, and
+with ``--torch-same-malloc`` also with the same settings (torch gains from them too).
 """
 
 from __future__ import annotations
@@ -32,7 +39,10 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from ssd_jax import xla_flags  # noqa: E402 (after the path)
+from ssd_jax import host_malloc, xla_flags  # noqa: E402 (after the path)
+
+if __name__ == "__main__":  # as launch.py: glibc malloc settings (ssd_jax/host_malloc.py), restarts once
+    host_malloc.reexec_with_settings()
 
 #: torchvision 0.29, CPU, 2 threads, this kind of machine (issue 3).
 RECORDED_TORCH = {"ssd300_infer_b1": 2.6, "ssd300_train_b4": 0.94, "ssdlite_train_b16": 11.3}
@@ -44,6 +54,27 @@ what, batch, repeats = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 torch.manual_seed(0)
 if what.startswith("ssd300"):
     m = torchvision.models.detection.ssd300_vgg16(weights=None, weights_backbone=None, num_classes=21); size = 300
+elif what.startswith("ssdlitev2"):  # our light network rebuilt from torchvision's parts (same layers, 3,399,108 params)
+    from functools import partial
+    from torchvision.models.detection import ssdlite
+    norm = partial(torch.nn.BatchNorm2d, eps=0.001, momentum=0.03)
+    f = torchvision.models.mobilenet_v2(norm_layer=norm).features
+    class Backbone(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = torch.nn.Sequential(*f[:14], f[14].conv[0])  # to block 13's expansion (stride 16)
+            self.b = torch.nn.Sequential(*f[14].conv[1:], *f[15:])
+            chans, extras = 1280, []
+            for c in (512, 256, 256, 128):
+                extras.append(ssdlite._extra_block(chans, c, norm)); chans = c
+            self.extras = torch.nn.ModuleList(extras)
+        def forward(self, x):
+            h = self.a(x); x = self.b(h); out = [h, x]
+            for e in self.extras:
+                x = e(x); out.append(x)
+            return {str(i): o for i, o in enumerate(out)}
+    m = torch.nn.Module(); m.backbone = Backbone()
+    m.head = ssdlite.SSDLiteHead([576, 1280, 512, 256, 256, 128], [6] * 6, 21, norm); size = 320
 else:
     m = torchvision.models.detection.ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=21); size = 320
 x = torch.randn(batch, 3, size, size)
@@ -125,8 +156,9 @@ def jax_case(name: str, batch: int, train: bool, repeats: int, layout="NHWC", dt
     return {"imgs_per_s": batch / best, "step_s": best, "compile_s": max(first - best, 0.0)}
 
 
-def torch_case(python: str, what: str, batch: int, repeats: int):
-    r = subprocess.run([python, "-c", TORCH_SCRIPT, what, str(batch), str(repeats)], capture_output=True, text=True, timeout=1200)
+def torch_case(python: str, what: str, batch: int, repeats: int, env=None):
+    r = subprocess.run([python, "-c", TORCH_SCRIPT, what, str(batch), str(repeats)], capture_output=True, text=True,
+                       timeout=1200, env=env)
     if r.returncode != 0:
         raise RuntimeError(r.stderr[-2000:])
     return json.loads(r.stdout.strip().splitlines()[-1])
@@ -142,6 +174,9 @@ def main(argv=None):
     ap.add_argument("--variants", action="store_true", help="also NCHW and bfloat16 for the SSD300 train step at batch 4")
     ap.add_argument("--only", choices=("jax", "torch"), default=None)
     ap.add_argument("--json", default=None, help="also write the results here")
+    ap.add_argument("--torch-same-malloc", action="store_true",
+                    help="also measure torch with this process's glibc malloc settings (ssd_jax/host_malloc.py; "
+                         "by default torch runs with glibc's defaults, as its users run it)")
     ap.add_argument("--xla-profile", choices=("auto", "train", "inference"), default="auto",
                     help="the CPU flags of ssd_jax.xla_flags, as launch.py sets them: train (launch.py train) "
                          "or inference (launch.py eval/predict); auto: inference cases run in a child "
@@ -154,6 +189,8 @@ def main(argv=None):
         ("ssd300_train_b4", "ssd300_vgg16", 4, True, "ssd300_train"),
         ("ssd300_train_b8", "ssd300_vgg16", 8, True, "ssd300_train"),
         ("ssdlite_train_b16", "ssdlite_mobilenetv2", 16, True, "ssdlite_train"),
+        # the same jax result against torch running our MobileNetV2 SSDLite (built from torchvision's parts)
+        ("ssdlite_train_b16_samenet", "ssdlite_mobilenetv2", 16, True, "ssdlitev2_train"),
     ]
     if args.cases:
         wanted = set(args.cases.split(","))
@@ -178,7 +215,8 @@ def main(argv=None):
             out = os.path.join(tmp, "infer.json")
             child_args = ["--cases", ",".join(inference_child), "--repeats", str(args.repeats), "--xla-profile",
                           "inference", "--json", out] + (["--torch", args.torch] if args.torch else []) + \
-                         (["--only", args.only] if args.only else [])
+                         (["--only", args.only] if args.only else []) + \
+                         (["--torch-same-malloc"] if args.torch_same_malloc else [])
             env = {**os.environ, "XLA_FLAGS": original_flags}  # the child adds its own profile
             subprocess.run([sys.executable, os.path.abspath(__file__), *child_args], check=True, env=env,
                            stdout=subprocess.DEVNULL)
@@ -189,14 +227,20 @@ def main(argv=None):
 
     have_torch = bool(args.torch) and os.path.exists(args.torch) and args.only != "jax"
     results = dict(child_rows)
+    jax_done = {}  # (model, batch, train) -> result: a network measured once
     for key, name, batch, train, tkey in cases:
         row = {"model": name, "batch": batch, "train": train}
         if args.only != "torch":
-            row["jax"] = jax_case(name, batch, train, args.repeats, size=320 if name.startswith("ssdlite") else None)
+            if (name, batch, train) not in jax_done:
+                jax_done[name, batch, train] = jax_case(name, batch, train, args.repeats,
+                                                        size=320 if name.startswith("ssdlite") else None)
+            row["jax"] = jax_done[name, batch, train]
         if have_torch:
             try:
-                row["torch"] = torch_case(args.torch, tkey, batch, args.repeats)
+                row["torch"] = torch_case(args.torch, tkey, batch, args.repeats, env=host_malloc.without_added())
                 row["torch_source"] = "measured"
+                if args.torch_same_malloc:
+                    row["torch_same_malloc"] = torch_case(args.torch, tkey, batch, args.repeats)
             except Exception as e:  # noqa: BLE001 - report and fall back
                 print(f"torch reference failed for {key}: {e}", file=sys.stderr)
         if "torch" not in row and key in RECORDED_TORCH:
@@ -216,13 +260,23 @@ def main(argv=None):
           f"{os.cpu_count()} CPUs | XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}"
           + (f" (inference cases: {xla_flags.with_defaults('', xla_flags.PROFILES['inference'])!r}, child process)"
              if child_rows and os.environ.get(xla_flags.OPT_OUT_ENV, "1").lower() not in ("0", "false", "no") else ""))
-    print("| case | jax img/s | jax step s | compile s | torchvision img/s | source | ratio jax/torch |")
-    print("|---|---:|---:|---:|---:|---|---:|")
+    print(f"# malloc: jax process {host_malloc.current() or 'glibc defaults'}; torch "
+          f"{host_malloc.current(host_malloc.without_added()) or 'glibc defaults'}"
+          + (", and again with the jax process's settings (last columns)" if args.torch_same_malloc else ""))
+    same = args.torch_same_malloc and have_torch
+    print("| case | jax img/s | jax step s | compile s | torchvision img/s | source | ratio jax/torch |"
+          + (" torch, jax's malloc, img/s | ratio |" if same else ""))
+    print("|---|---:|---:|---:|---:|---|---:|" + ("---:|---:|" if same else ""))
+    nan = float("nan")
     for key, row in results.items():
         j, t = row.get("jax", {}), row.get("torch") or {}
-        ratio = j["imgs_per_s"] / t["imgs_per_s"] if j and t else float("nan")
-        print(f"| {key} | {j.get('imgs_per_s', float('nan')):.2f} | {j.get('step_s', float('nan')):.2f} | "
-              f"{j.get('compile_s', float('nan')):.1f} | {t.get('imgs_per_s', float('nan')):.2f} | {row.get('torch_source', '-')} | {ratio:.2f} |")
+        ratio = j["imgs_per_s"] / t["imgs_per_s"] if j and t else nan
+        line = (f"| {key} | {j.get('imgs_per_s', nan):.2f} | {j.get('step_s', nan):.2f} | "
+                f"{j.get('compile_s', nan):.1f} | {t.get('imgs_per_s', nan):.2f} | {row.get('torch_source', '-')} | {ratio:.2f} |")
+        if same:
+            t2 = row.get("torch_same_malloc") or {}
+            line += f" {t2.get('imgs_per_s', nan):.2f} | {j['imgs_per_s'] / t2['imgs_per_s'] if j and t2 else nan:.2f} |"
+        print(line)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)

@@ -33,7 +33,10 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from ssd_jax import xla_flags  # noqa: E402 (after the path; before JAX starts)
+from ssd_jax import host_malloc, xla_flags  # noqa: E402 (after the path; before JAX starts)
+
+if __name__ == "__main__":  # as launch.py: glibc malloc settings (ssd_jax/host_malloc.py), restarts once
+    host_malloc.reexec_with_settings()
 
 xla_flags.apply("train")  # what launch.py runs with (SSD_JAX_XLA_DEFAULTS=0: XLA's own defaults)
 

@@ -16,6 +16,8 @@ import subprocess
 import sys
 import time
 
+from ssd_jax import host_malloc
+
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "numpy", "ml_collections", "clu")
 
 
@@ -68,6 +70,7 @@ def write_run_info(workdir: str, config_json: str) -> dict:
         "host": platform.node(),
         "packages": package_versions(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "malloc_env": host_malloc.current(),
         "git": git_commit(),
         **device_info(),
     }

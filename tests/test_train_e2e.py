@@ -8,6 +8,8 @@ import textwrap
 
 import pytest
 
+from ssd_jax import host_malloc
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -28,6 +30,9 @@ def test_launch_train_runlocal_writes_checkpoints_config_and_metrics(tmp_path):
     assert info["devices"] and info["packages"]["jax"] and "commit" in info["git"]
     # launch.py's training profile of CPU flags (ssd_jax/xla_flags.py)
     assert "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution" in info["xla_flags"].split()
+    # ... and its glibc malloc settings (ssd_jax/host_malloc.py; a user's own values win)
+    if host_malloc.missing({}):
+        assert info["malloc_env"] == {k: os.environ.get(k, v) for k, v in host_malloc.SETTINGS.items()}
     lines = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines if "loss" in x] == [2, 4]
     assert any("eval/mAP" in x for x in lines)
