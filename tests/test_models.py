@@ -15,7 +15,7 @@ import pytest
 from flax import nnx
 
 from ssd_jax import anchors, models
-from ssd_jax.models import heads, layers, mobilenet, params_io, preprocessing
+from ssd_jax.models import heads, layers, mobilenet, mobilenet_v3, params_io, preprocessing
 from ssd_jax.receptive_field import receptive_fields
 
 
@@ -45,6 +45,12 @@ def source_shapes(model, batch=1):
 def lite():
     """A small light model: width 0.5, 96x96, 3 object classes."""
     return models.build_model("ssdlite_mobilenetv2", 3, image_size=96, width=0.5, rngs=nnx.Rngs(0))
+
+
+@pytest.fixture(scope="module", params=["ssdlite_mobilenetv2", "ssdlite_mobilenetv3"])
+def light(request):
+    """Each light model, small: width 0.5, 96x96, 3 object classes."""
+    return models.build_model(request.param, 3, image_size=96, width=0.5, rngs=nnx.Rngs(0))
 
 
 def images(batch, size, seed=0):
@@ -219,6 +225,55 @@ def test_mobilenet_v2_width_one_matches_torchvision_parameter_count():
     assert n_backbone == 2_223_872
 
 
+@pytest.mark.parametrize("width, num_classes, count", [(1.0, 20, 2_469_860), (0.5, 3, 956_072)])
+def test_ssdlite_mobilenet_v3_matches_torchvision_parameter_count(width, num_classes, count):
+    # torchvision ssdlite320_mobilenet_v3_large(num_classes=C+1, width_mult=width), weights=None
+    # (reduced tail) has these many parameters; its mobilenet_v3_large(reduced_tail=True).features
+    # 1,620,512 at width 1 and 444,104 at width 0.5 (counted with torchvision 0.29)
+    model = abstract_model("ssdlite_mobilenetv3", num_classes, width=width)
+    assert models.count_params(model) == count
+    ex = model.extractor
+    backbone = models.count_params(ex.stem) + models.count_params(ex.blocks) + models.count_params(ex.last)
+    assert backbone == {1.0: 1_620_512, 0.5: 444_104}[width]
+
+
+def test_ssdlite_mobilenet_v3_layout():
+    model = abstract_model("ssdlite_mobilenetv3", 20)
+    spec, ex = model.spec, model.extractor
+    assert spec.feature_sizes == (20, 10, 5, 3, 2, 1) and spec.boxes_per_cell == (6,) * 6
+    assert [s[1:] for s in source_shapes(model)] == [(20, 20, 672), (10, 10, 480), (5, 5, 512), (3, 3, 256),
+                                                      (2, 2, 256), (1, 1, 128)]
+    assert ex.c4_block == 12 and ex.source_names[0] == "block12.expand"
+    blocks = list(ex.blocks)
+    assert [b.depthwise.conv.kernel_size for b in blocks] == [3, 3, 3, 5, 5, 5, 3, 3, 3, 3, 3, 3, 5, 5, 5]
+    assert [b.se is not None for b in blocks] == [False] * 3 + [True] * 3 + [False] * 4 + [True] * 5
+    assert [b.depthwise.activation for b in blocks] == ["relu"] * 6 + ["hardswish"] * 9
+    assert ex.stem.activation == ex.last.activation == "hardswish" and blocks[0].expand is None
+    assert [b.use_residual for b in blocks] == [True, False, True, False, True, True, False, True, True, True,
+                                                False, True, False, True, True]
+    logits, offsets = abstract_outputs(model, batch=2)
+    assert logits.shape == (2, spec.num_priors, 21) and offsets.shape == (2, spec.num_priors, 4)
+    assert models.ssdlite_prior_spec(320, name="ssdlite_mobilenetv3").feature_sizes == spec.feature_sizes
+    with pytest.raises(ValueError, match="NHWC only"):
+        nnx.eval_shape(lambda: models.build_model("ssdlite_mobilenetv3", 3, layout="NCHW"))
+
+
+def test_squeeze_excitation_and_activations_by_hand():
+    se = mobilenet_v3.SqueezeExcitation(4, 8, compute_dtype=jnp.float32, rngs=nnx.Rngs(0))
+    x = images(2, 5)[..., :1] * jnp.arange(1.0, 5.0)  # [2,5,5,4]
+    m = np.asarray(x).mean(axis=(1, 2))  # [2,4]
+    w1, b1 = np.asarray(se.fc1.kernel[...])[0, 0], np.asarray(se.fc1.bias[...])
+    w2, b2 = np.asarray(se.fc2.kernel[...])[0, 0], np.asarray(se.fc2.bias[...]) + 0.5
+    se.fc2.bias[...] = jnp.asarray(b2)
+    gate = np.clip((np.maximum(m @ w1 + b1, 0) @ w2 + b2 + 3) / 6, 0, 1)  # hardsigmoid
+    np.testing.assert_allclose(se(x), np.asarray(x) * gate[:, None, None, :], rtol=1e-5, atol=1e-6)
+    v = jnp.array([-4.0, -1.0, 0.0, 1.0, 4.0])
+    np.testing.assert_allclose(layers.ACTIVATIONS["hardswish"](v), [0, -1 / 3, 0, 2 / 3, 4], atol=1e-6)
+    np.testing.assert_allclose(layers.ACTIVATIONS["relu6"](v * 2), [0, 0, 0, 2, 6])
+    with pytest.raises(ValueError, match="unknown activation 'gelu'"):
+        layers.ConvBNAct(3, 4, 1, activation="gelu", rngs=nnx.Rngs(0))
+
+
 # --- prediction order ---------------------------------------------------------------------
 
 
@@ -264,8 +319,8 @@ def test_vgg_bfloat16_layers_close_to_float32():
     np.testing.assert_allclose(np.asarray(y16, np.float32), y32, atol=0.03 * float(jnp.abs(y32).max()))
 
 
-def test_batch_norm_train_vs_eval(lite):
-    g, p, s = models.split(lite)
+def test_batch_norm_train_vs_eval(light):
+    g, p, s = models.split(light)
     x = images(4, 96)
     apply = jax.jit(models.apply, static_argnums=(0, 4))
     (l_eval, _), s_eval = apply(g, p, s, x, False)
@@ -287,11 +342,11 @@ def test_batch_norm_train_vs_eval(lite):
     (l_train_one, _), _ = apply(g, p, s, jnp.concatenate([x[:1], x[:1] * 0.1]), True)
     assert not np.allclose(l_train_one[0], l_train[0], atol=1e-3)
     # the model object itself was not mutated by the pure apply
-    assert np.array_equal(params_io.flatten(nnx.to_pure_dict(nnx.state(lite, nnx.BatchStat)))[k], before[k])
+    assert np.array_equal(params_io.flatten(nnx.to_pure_dict(nnx.state(light, nnx.BatchStat)))[k], before[k])
 
 
-def test_jitted_forward_backward_sgd_step(lite):
-    g, p, s = models.split(lite)
+def test_jitted_forward_backward_sgd_step(light):
+    g, p, s = models.split(light)
     x = images(2, 96)
     opt = optax.sgd(1e-2, momentum=0.9)
     opt_state = opt.init(p)
@@ -330,14 +385,15 @@ def test_nchw_layout_gives_the_same_outputs(lite):
         np.testing.assert_allclose(u, v, rtol=1e-4, atol=1e-4 * float(jnp.abs(v).max()))
 
 
-@pytest.mark.parametrize("layout,stride,size", [("NHWC", 1, 7), ("NHWC", 2, 7), ("NHWC", 2, 8), ("NCHW", 2, 5)])
-def test_depthwise_shifted_equals_grouped_conv(layout, stride, size):
+@pytest.mark.parametrize("layout,stride,size,k", [("NHWC", 1, 7, 3), ("NHWC", 2, 7, 3), ("NHWC", 2, 8, 3),
+                                                   ("NCHW", 2, 5, 3), ("NHWC", 1, 7, 5), ("NHWC", 2, 8, 5)])
+def test_depthwise_shifted_equals_grouped_conv(layout, stride, size, k):
     x = images(2, size)[..., :1].repeat(6, -1) * jnp.arange(1, 7)
     if layout == "NCHW":
         x = jnp.transpose(x, (0, 3, 1, 2))
-    k = jax.random.normal(jax.random.key(3), (3, 3, 1, 6))
+    k = jax.random.normal(jax.random.key(3), (k, k, 1, 6))
     b = jnp.arange(6.0)
-    kw = dict(stride=stride, padding=1, layout=layout)
+    kw = dict(stride=stride, padding=k.shape[0] // 2, layout=layout)
     ref = layers.conv2d(x, k, b, groups=6, **kw)
     np.testing.assert_allclose(layers.depthwise_conv2d(x, k, b, **kw), ref, rtol=1e-5, atol=1e-5)
     g1 = jax.grad(lambda k: (layers.conv2d(x, k, b, groups=6, **kw) ** 2).sum())(k)

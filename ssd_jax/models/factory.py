@@ -1,8 +1,9 @@
 """Build an SSD network by name, with its matching prior spec.
 
 Names: ``ssd300_vgg16``, ``ssd512_vgg16`` (the paper's networks; default priors
-``SSD300_VOC`` / ``SSD512_VOC``), ``ssdlite_mobilenetv2`` (MobileNetV2 + SSDLite heads,
-any input size; default priors from :func:`ssdlite_prior_spec`) and ``ssd_compact`` (a
+``SSD300_VOC`` / ``SSD512_VOC``), ``ssdlite_mobilenetv2`` and ``ssdlite_mobilenetv3``
+(MobileNetV2 / MobileNetV3-Large + SSDLite heads, any input size; default priors from
+:func:`ssdlite_prior_spec`; the V3 one is torchvision's ``ssdlite320_mobilenet_v3_large``) and ``ssd_compact`` (a
 small VGG-style network with a stride-4 source map, for CPU-sized runs; priors from
 :func:`ssd_jax.models.compact.compact_prior_spec`).
 """
@@ -15,7 +16,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ssd_jax import anchors
-from ssd_jax.models import compact, heads, mobilenet, ssd, vgg
+from ssd_jax.models import compact, heads, mobilenet, mobilenet_v3, ssd, vgg
 
 #: torchvision's SSDLite prior scales: linear from 0.2 to 0.95 over the maps, then 1.0
 #: (``DefaultBoxGenerator(min_ratio=0.2, max_ratio=0.95)``), ratios 2 and 3 everywhere.
@@ -31,19 +32,22 @@ def _extractor_factory(name: str, width: float, layout: str, depth: int = 1, top
         return lambda dtype, rngs: vgg.VGG16Extractor(512, layout=layout, compute_dtype=dtype, rngs=rngs)
     if name == "ssdlite_mobilenetv2":
         return lambda dtype, rngs: mobilenet.MobileNetV2Extractor(width, layout=layout, compute_dtype=dtype, rngs=rngs)
+    if name == "ssdlite_mobilenetv3":
+        return lambda dtype, rngs: mobilenet_v3.MobileNetV3Extractor(width, layout=layout, compute_dtype=dtype, rngs=rngs)
     if name == "ssd_compact":
         return lambda dtype, rngs: compact.CompactExtractor(width, depth=depth, top_down=top_down, layout=layout,
                                                             compute_dtype=dtype, rngs=rngs)
     raise ValueError(f"unknown model {name!r}; choose one of {MODEL_NAMES}")
 
 
-MODEL_NAMES = ("ssd300_vgg16", "ssd512_vgg16", "ssdlite_mobilenetv2", "ssd_compact")
+MODEL_NAMES = ("ssd300_vgg16", "ssd512_vgg16", "ssdlite_mobilenetv2", "ssdlite_mobilenetv3", "ssd_compact")
 #: Models with a width multiplier.
-WIDTH_MODELS = ("ssdlite_mobilenetv2", "ssd_compact")
+WIDTH_MODELS = ("ssdlite_mobilenetv2", "ssdlite_mobilenetv3", "ssd_compact")
+SSDLITE_MODELS = ("ssdlite_mobilenetv2", "ssdlite_mobilenetv3")
 _HEADS = {"ssd300_vgg16": heads.SSDHead, "ssd512_vgg16": heads.SSDHead, "ssdlite_mobilenetv2": heads.SSDLiteHead,
-          "ssd_compact": heads.SSDHead}
+          "ssdlite_mobilenetv3": heads.SSDLiteHead, "ssd_compact": heads.SSDHead}
 _DEFAULT_NORMALIZATION = {"ssd300_vgg16": "caffe_vgg", "ssd512_vgg16": "caffe_vgg", "ssdlite_mobilenetv2": "torchvision",
-                          "ssd_compact": "torchvision"}
+                          "ssdlite_mobilenetv3": "torchvision", "ssd_compact": "torchvision"}
 
 
 def default_normalization(name: str) -> str:
@@ -59,13 +63,13 @@ def network_feature_sizes(name: str, image_size: int, width: float = 1.0) -> tup
     return ssd.feature_sizes(abstract.layer_stacks(), image_size)
 
 
-def ssdlite_prior_spec(image_size: int = 320, width: float = 1.0) -> anchors.PriorSpec:
-    """SSDLite priors for ``image_size``, from the network's actual feature sizes.
+def ssdlite_prior_spec(image_size: int = 320, width: float = 1.0, name: str = "ssdlite_mobilenetv2") -> anchors.PriorSpec:
+    """SSDLite priors for ``image_size``, from the network's (``name``) actual feature sizes.
 
     torchvision's SSDLite layout: scales linear from 0.2 to 0.95 (then 1.0), ratios 2 and
     3 on every map (6 boxes per cell), centres ``(j + 0.5) / f``.
     """
-    sizes = network_feature_sizes("ssdlite_mobilenetv2", image_size, width)
+    sizes = network_feature_sizes(name, image_size, width)
     m = len(sizes)
     scales = [SSDLITE_MIN_RATIO + (SSDLITE_MAX_RATIO - SSDLITE_MIN_RATIO) * k / (m - 1) for k in range(m)] + [1.0]
     return anchors.PriorSpec.from_scales(
@@ -75,8 +79,8 @@ def ssdlite_prior_spec(image_size: int = 320, width: float = 1.0) -> anchors.Pri
 
 def default_prior_spec(name: str, image_size: int | None = None, width: float = 1.0) -> anchors.PriorSpec:
     """The priors a model gets when none are given."""
-    if name == "ssdlite_mobilenetv2":
-        return ssdlite_prior_spec(image_size or 320, width)
+    if name in SSDLITE_MODELS:
+        return ssdlite_prior_spec(image_size or 320, width, name)
     if name == "ssd_compact":
         size = image_size or 160
         return compact.compact_prior_spec(size, network_feature_sizes(name, size, width))
@@ -111,7 +115,7 @@ def build_model(
       num_classes: object classes C, background excluded (VOC: 20; logits get C + 1).
       priors: the prior spec; default :func:`default_prior_spec` (``image_size``).
       compute_dtype: ``jnp.float32`` (default) or ``jnp.bfloat16``; parameters stay float32.
-      width: width multiplier of ``ssdlite_mobilenetv2`` and ``ssd_compact``.
+      width: width multiplier of the SSDLite models and ``ssd_compact``.
       layout: activations inside the network, ``"NHWC"`` (default) or ``"NCHW"``.
       depth, top_down: ``ssd_compact`` only: stride-1 convolutions per stage, and the
         FPN-style top-down fusion of its source maps (see :class:`compact.CompactExtractor`).

@@ -395,12 +395,21 @@ class L2Norm(nnx.Module):
         return y.astype(self.compute_dtype)
 
 
-class ConvBNAct(nnx.Module):
-    """Convolution (no bias) + batch norm + optional ReLU6, as torchvision's
-    ``Conv2dNormActivation`` in MobileNetV2 / SSDLite.
+#: Activations of :class:`ConvBNAct` by name (``True`` means ``"relu6"``, ``False`` none).
+ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    "relu6": jax.nn.relu6,
+    "relu": jax.nn.relu,
+    "hardswish": jax.nn.hard_swish,  # x * relu6(x + 3) / 6, torch's Hardswish
+}
 
-    Batch norm uses the batch statistics and updates its running averages when called
-    with ``train=True``, and the running averages otherwise.
+
+class ConvBNAct(nnx.Module):
+    """Convolution (no bias) + batch norm + optional activation, as torchvision's
+    ``Conv2dNormActivation`` in MobileNetV2/V3 and SSDLite.
+
+    ``activation``: ``True`` (ReLU6, MobileNetV2's), ``False`` (none) or a name of
+    :data:`ACTIVATIONS`. Batch norm uses the batch statistics and updates its running
+    averages when called with ``train=True``, and the running averages otherwise.
     """
 
     def __init__(
@@ -411,7 +420,7 @@ class ConvBNAct(nnx.Module):
         *,
         stride: int = 1,
         groups: int = 1,
-        activation: bool = True,
+        activation: bool | str = True,
         kernel_init: Initializer = kaiming_normal_fan_out,
         bn_momentum: float = 0.97,
         bn_epsilon: float = 1e-3,
@@ -428,11 +437,15 @@ class ConvBNAct(nnx.Module):
             out_channels, axis=channel_axis(layout), momentum=bn_momentum, epsilon=bn_epsilon,
             dtype=compute_dtype, param_dtype=jnp.float32, rngs=rngs,
         )
-        self.activation = activation
+        if activation is True:
+            activation = "relu6"
+        if activation not in (False, None) and activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}, True or False")
+        self.activation = activation or None
 
     def __call__(self, x: Array, train: bool) -> Array:
         y = self.bn(self.conv(x), use_running_average=not train)
-        return jax.nn.relu6(y) if self.activation else y
+        return ACTIVATIONS[self.activation](y) if self.activation else y
 
     def layer(self, name: str) -> Layer:
         return self.conv.layer(name)

@@ -95,41 +95,12 @@ class ExtraBlock(nnx.Module):
         return [self.reduce.layer(f"{name}.reduce"), self.depthwise.layer(f"{name}.dw"), self.expand.layer(f"{name}.expand")]
 
 
-class MobileNetV2Extractor(nnx.Module):
-    """MobileNetV2 + SSDLite extra blocks; returns 6 NHWC source maps.
+class SSDLiteSources:
+    """The forward pass and receptive-field stacks shared by the SSDLite extractors.
 
-    Args:
-      width: the width multiplier (1.0 = MobileNetV2-1.0; 0.5, 0.75, 1.4 ...).
+    Expects ``stem``, ``blocks`` (each with ``expansion``/``rest``/``layers``), ``c4_block``
+    (the block whose expansion output is the first source), ``last``, ``extras`` and ``layout``.
     """
-
-    def __init__(self, width: float = 1.0, *, layout: str = "NHWC", compute_dtype=jnp.float32, rngs: nnx.Rngs):
-        if not width > 0:
-            raise ValueError(f"width multiplier must be positive, got {width}")
-        self.width = float(width)
-        self.layout = L.check_layout(layout)
-        kw = dict(layout=layout, compute_dtype=compute_dtype, rngs=rngs)
-        in_ch = make_divisible(32 * width)
-        self.stem = L.ConvBNAct(3, in_ch, 3, stride=2, **kw)
-        blocks = []
-        self.c4_block = -1
-        for t, c, n, s in MOBILENET_V2_SETTINGS:
-            out = make_divisible(c * width)
-            for i in range(n):
-                if c == 160 and i == 0:
-                    self.c4_block = len(blocks)  # its expansion output is the first source
-                blocks.append(InvertedResidual(in_ch, out, s if i == 0 else 1, t, **kw))
-                in_ch = out
-        self.blocks = nnx.List(blocks)
-        last = make_divisible(1280 * max(1.0, width))
-        self.last = L.ConvBNAct(in_ch, last, 1, **kw)
-        extras, in_ch = [], last
-        extra_channels = tuple(max(16, int(c * width)) for c in SSDLITE_EXTRA_CHANNELS)
-        for c in extra_channels:
-            extras.append(ExtraBlock(in_ch, c, **kw))
-            in_ch = c
-        self.extras = nnx.List(extras)
-        self.out_channels = (blocks[self.c4_block].hidden, last) + extra_channels
-        self.source_names = ("block13.expand", "last_conv") + tuple(f"extra{i + 1}" for i in range(len(extras)))
 
     def __call__(self, x: Array, train: bool = False) -> list[Array]:
         """``x``: ``[B,H,W,3]`` normalised images -> list of 6 NHWC source maps."""
@@ -169,3 +140,40 @@ class MobileNetV2Extractor(nnx.Module):
             stack += extra.layers(f"extra{i + 1}")
             stacks.append(list(stack))
         return stacks
+
+
+class MobileNetV2Extractor(SSDLiteSources, nnx.Module):
+    """MobileNetV2 + SSDLite extra blocks; returns 6 NHWC source maps.
+
+    Args:
+      width: the width multiplier (1.0 = MobileNetV2-1.0; 0.5, 0.75, 1.4 ...).
+    """
+
+    def __init__(self, width: float = 1.0, *, layout: str = "NHWC", compute_dtype=jnp.float32, rngs: nnx.Rngs):
+        if not width > 0:
+            raise ValueError(f"width multiplier must be positive, got {width}")
+        self.width = float(width)
+        self.layout = L.check_layout(layout)
+        kw = dict(layout=layout, compute_dtype=compute_dtype, rngs=rngs)
+        in_ch = make_divisible(32 * width)
+        self.stem = L.ConvBNAct(3, in_ch, 3, stride=2, **kw)
+        blocks = []
+        self.c4_block = -1
+        for t, c, n, s in MOBILENET_V2_SETTINGS:
+            out = make_divisible(c * width)
+            for i in range(n):
+                if c == 160 and i == 0:
+                    self.c4_block = len(blocks)  # its expansion output is the first source
+                blocks.append(InvertedResidual(in_ch, out, s if i == 0 else 1, t, **kw))
+                in_ch = out
+        self.blocks = nnx.List(blocks)
+        last = make_divisible(1280 * max(1.0, width))
+        self.last = L.ConvBNAct(in_ch, last, 1, **kw)
+        extras, in_ch = [], last
+        extra_channels = tuple(max(16, int(c * width)) for c in SSDLITE_EXTRA_CHANNELS)
+        for c in extra_channels:
+            extras.append(ExtraBlock(in_ch, c, **kw))
+            in_ch = c
+        self.extras = nnx.List(extras)
+        self.out_channels = (blocks[self.c4_block].hidden, last) + extra_channels
+        self.source_names = ("block13.expand", "last_conv") + tuple(f"extra{i + 1}" for i in range(len(extras)))
