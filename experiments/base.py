@@ -24,9 +24,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.progress_bar = True
 
     c.model = ml_collections.ConfigDict()
-    c.model.name = "ssdlite_mobilenetv2"  # or ssd300_vgg16, ssd512_vgg16, ssd_compact, tiny_cnn (smoke tests)
+    c.model.name = "ssdlite_mobilenetv2"  # or ssdlite_mobilenetv3, ssd300_vgg16, ssd512_vgg16, ssd_compact, tiny_cnn (smoke tests)
     c.model.image_size = 320
-    c.model.width = 1.0         # width multiplier (ssdlite_mobilenetv2, ssd_compact)
+    c.model.width = 1.0         # width multiplier (the SSDLite models, ssd_compact)
     c.model.compute_dtype = "float32"     # or "bfloat16" (params and loss stay float32)
     c.model.layout = "NHWC"
     c.model.depth = 1           # ssd_compact: stride-1 3x3 convolutions per stage (s4, s8, s16)

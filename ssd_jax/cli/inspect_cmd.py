@@ -156,10 +156,10 @@ def main(argv: list[str]) -> int:
         "--priors", default=None,
         help=f"prior preset, one of {sorted(anchors.PRESETS)} or 'all' (default SSD300_VOC; with --model: its priors)",
     )
-    parser.add_argument("--model", default=None, help="model name (ssd300_vgg16, ssd512_vgg16, ssdlite_mobilenetv2)")
+    parser.add_argument("--model", default=None, help="model name (ssd300_vgg16, ssd512_vgg16, ssdlite_mobilenetv2, ssdlite_mobilenetv3, ssd_compact)")
     parser.add_argument("--config", default=None, help="python file with get_config(): reads model.name / model.image_size / model.width / model.depth / model.top_down / model.priors / num_classes")
-    parser.add_argument("--image-size", type=int, default=None, help="input size (ssdlite_mobilenetv2; default 320)")
-    parser.add_argument("--width", type=float, default=1.0, help="width multiplier (ssdlite_mobilenetv2)")
+    parser.add_argument("--image-size", type=int, default=None, help="input size (SSDLite models: default 320; ssd_compact: 160)")
+    parser.add_argument("--width", type=float, default=1.0, help="width multiplier (SSDLite models, ssd_compact)")
     parser.add_argument("--num-classes", type=int, default=20, help="object classes (background excluded)")
     parser.add_argument("--draw", default=None, metavar="PATH", help="write a PNG of one cell's priors and receptive field per map")
     parser.add_argument("--image", default=None, help="image to draw on (default: blank)")
