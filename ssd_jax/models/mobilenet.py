@@ -59,6 +59,7 @@ class InvertedResidual(nnx.Module):
         self.expand = L.ConvBNAct(inp, hidden, 1, **kw) if expand != 1 else None
         self.depthwise = L.ConvBNAct(hidden, hidden, 3, stride=stride, groups=hidden, **kw)
         self.project = L.ConvBNAct(hidden, oup, 1, activation=False, **kw)
+        self.se = None  # squeeze-excitation after the depthwise conv: MobileNetV3's blocks set one
         self.use_residual = stride == 1 and inp == oup
         self.hidden = hidden
 
@@ -66,7 +67,10 @@ class InvertedResidual(nnx.Module):
         return x if self.expand is None else self.expand(x, train)
 
     def rest(self, h: Array, x: Array, train: bool) -> Array:
-        y = self.project(self.depthwise(h, train), train)
+        y = self.depthwise(h, train)
+        if self.se is not None:
+            y = self.se(y)
+        y = self.project(y, train)
         return x + y if self.use_residual else y
 
     def __call__(self, x: Array, train: bool) -> Array:

@@ -29,8 +29,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ssd_jax.models import layers as L
-from ssd_jax.models.mobilenet import SSDLITE_EXTRA_CHANNELS, ExtraBlock, SSDLiteSources, make_divisible
-from ssd_jax.receptive_field import Layer
+from ssd_jax.models.mobilenet import (SSDLITE_EXTRA_CHANNELS, ExtraBlock, InvertedResidual, SSDLiteSources,
+                                      make_divisible)
 
 Array = jax.Array
 
@@ -84,10 +84,11 @@ class SqueezeExcitation(nnx.Module):
         return x * s
 
 
-class InvertedResidualV3(nnx.Module):
-    """[1x1 expand] -> depthwise kxk (stride) -> [SE] -> 1x1 project (+ skip)."""
+class InvertedResidualV3(InvertedResidual):
+    """[1x1 expand] -> depthwise kxk (stride) -> [SE] -> 1x1 project (+ skip); the forward
+    pass and layer lists are MobileNetV2's block's."""
 
-    def __init__(self, cfg: Bneck, *, compute_dtype, rngs):
+    def __init__(self, cfg: Bneck, *, compute_dtype, rngs):  # not super().__init__: its layers differ
         kw = dict(compute_dtype=compute_dtype, rngs=rngs)
         self.expand = (L.ConvBNAct(cfg.inp, cfg.expanded, 1, activation=cfg.activation, **kw)
                        if cfg.expanded != cfg.inp else None)
@@ -97,24 +98,6 @@ class InvertedResidualV3(nnx.Module):
         self.project = L.ConvBNAct(cfg.expanded, cfg.out, 1, activation=False, **kw)
         self.use_residual = cfg.stride == 1 and cfg.inp == cfg.out
         self.hidden = cfg.expanded
-
-    def expansion(self, x: Array, train: bool) -> Array:
-        return x if self.expand is None else self.expand(x, train)
-
-    def rest(self, h: Array, x: Array, train: bool) -> Array:
-        y = self.depthwise(h, train)
-        if self.se is not None:
-            y = self.se(y)
-        y = self.project(y, train)
-        return x + y if self.use_residual else y
-
-    def __call__(self, x: Array, train: bool) -> Array:
-        return self.rest(self.expansion(x, train), x, train)
-
-    def layers(self, name: str) -> tuple[list[Layer], list[Layer]]:
-        """(layers up to the expansion output, the remaining layers)."""
-        first = [self.expand.layer(f"{name}.expand")] if self.expand is not None else []
-        return first, [self.depthwise.layer(f"{name}.dw"), self.project.layer(f"{name}.project")]
 
 
 class MobileNetV3Extractor(SSDLiteSources, nnx.Module):
