@@ -65,13 +65,16 @@ SCRIPT = textwrap.dedent("""
     x = jnp.ones((16, 22, 22, 192), jnp.float32)
     f = jax.jit(lambda x: jnp.stack([jnp.sum(x[:, i:i + 20, j:j + 20] * x[:, 1:21, 1:21], (0, 1, 2))
                                      for i in range(3) for j in range(3)]))
-    for _ in range(3):
+    faults = []  # per call; the heap settles within a few calls
+    for _ in range(16):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         jax.block_until_ready(f(x))
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(5):
-        jax.block_until_ready(f(x))
-    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5
-    print(json.dumps({{"pid": os.getpid(), "faults_per_call": faults, "env": host_malloc.current()}}), flush=True)
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    # the fewest over calls 9-16: with glibc's defaults every call maps its buffers afresh; with the
+    # settings most calls fault nothing, but not all (heap growth; the dev box's kernel runs DAMON
+    # with a pageout scheme, which reclaims idle pages), so the minimum is the robust statistic
+    print(json.dumps({{"pid": os.getpid(), "faults_per_call": min(faults[8:]), "env": host_malloc.current()}}),
+          flush=True)
 """)
 
 
@@ -96,6 +99,6 @@ def test_the_restarted_process_reuses_its_buffers(tmp_path):
     assert tuned["env"] == host_malloc.SETTINGS
     starts, default = runs["default"]
     assert len(starts) == 1 and default["env"] == {}
-    # 9 x 6 MB of window copies = ~13,500 fresh pages per call with glibc's defaults
+    # fewest over calls 9-16: ~10,800 fresh pages per call with glibc's defaults, 0 with the settings
     assert default["faults_per_call"] > 5000, default
-    assert tuned["faults_per_call"] < 0.5 * default["faults_per_call"], (tuned, default)  # measured 0.05-0.2
+    assert tuned["faults_per_call"] < 0.1 * default["faults_per_call"], (tuned, default)
