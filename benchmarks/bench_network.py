@@ -231,7 +231,7 @@ def main(argv=None):
 
     have_torch = bool(args.torch) and os.path.exists(args.torch) and args.only != "jax"
     results = dict(child_rows)
-    jax_done = {}  # (model, batch, train) -> result: a network measured once
+    jax_done, torch_done = {}, {}  # a network measured once per run, on each side
     for key, name, batch, train, tkey in cases:
         row = {"model": name, "batch": batch, "train": train}
         if args.only != "torch":
@@ -241,10 +241,13 @@ def main(argv=None):
             row["jax"] = jax_done[name, batch, train]
         if have_torch:
             try:
-                row["torch"] = torch_case(args.torch, tkey, batch, args.repeats, env=host_malloc.without_added())
+                if (tkey, batch) not in torch_done:
+                    torch_done[tkey, batch] = {"torch": torch_case(args.torch, tkey, batch, args.repeats,
+                                                                   env=host_malloc.without_added())}
+                    if args.torch_same_malloc:
+                        torch_done[tkey, batch]["torch_same_malloc"] = torch_case(args.torch, tkey, batch, args.repeats)
+                row.update(torch_done[tkey, batch])
                 row["torch_source"] = "measured"
-                if args.torch_same_malloc:
-                    row["torch_same_malloc"] = torch_case(args.torch, tkey, batch, args.repeats)
             except Exception as e:  # noqa: BLE001 - report and fall back
                 print(f"torch reference failed for {key}: {e}", file=sys.stderr)
         if "torch" not in row and key in RECORDED_TORCH:
@@ -263,7 +266,7 @@ def main(argv=None):
     print(f"# bench_network {datetime.date.today()} | jax {jax.__version__} | {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPUs | XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}"
           + (f" (inference cases: {xla_flags.with_defaults('', xla_flags.PROFILES['inference'])!r}, child process)"
-             if child_rows and os.environ.get(xla_flags.OPT_OUT_ENV, "1").lower() not in ("0", "false", "no") else ""))
+             if child_rows and not xla_flags.opted_out(xla_flags.OPT_OUT_ENV) else ""))
     print(f"# malloc: jax process {host_malloc.current() or 'glibc defaults'}; torch "
           f"{host_malloc.current(host_malloc.without_added()) or 'glibc defaults'}"
           + (", and again with the jax process's settings (last columns)" if args.torch_same_malloc else ""))

@@ -37,6 +37,8 @@ import platform
 import sys
 from typing import Mapping, MutableMapping
 
+from ssd_jax import xla_flags
+
 #: The variables and values added to the environment, unless already set there.
 SETTINGS: dict[str, str] = {
     "MALLOC_ARENA_MAX": "1",
@@ -60,7 +62,7 @@ def missing(environ: Mapping[str, str] | None = None, glibc: bool | None = None)
     not on glibc, or all set (by us or by the user, whose values win)."""
     environ = os.environ if environ is None else environ
     glibc = is_glibc_linux() if glibc is None else glibc
-    if not glibc or environ.get(OPT_OUT_ENV, "1").lower() in ("0", "false", "no"):
+    if not glibc or xla_flags.opted_out(OPT_OUT_ENV, environ):
         return {}
     return {k: v for k, v in SETTINGS.items() if k not in environ}
 

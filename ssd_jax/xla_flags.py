@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import MutableMapping
+from typing import Mapping, MutableMapping
 
 #: Flags added to ``XLA_FLAGS`` per profile, unless the user set the same flag (or opted out).
 PROFILES: dict[str, tuple[str, ...]] = {
@@ -32,6 +32,13 @@ PROFILES: dict[str, tuple[str, ...]] = {
 
 #: ``0`` / ``false``: leave ``XLA_FLAGS`` as it is.
 OPT_OUT_ENV = "SSD_JAX_XLA_DEFAULTS"
+
+
+def opted_out(variable: str, environ: Mapping[str, str] | None = None) -> bool:
+    """Whether ``environ`` (default ``os.environ``) sets ``variable`` to ``0``/``false``/``no``:
+    the opt-out rule of the entry points' defaults (these flags, ``ssd_jax.host_malloc``)."""
+    environ = os.environ if environ is None else environ
+    return environ.get(variable, "1").lower() in ("0", "false", "no")
 
 
 def _name(flag: str) -> str:
@@ -53,7 +60,7 @@ def apply(profile: str = "train", environ: MutableMapping[str, str] | None = Non
         raise ValueError(f"unknown XLA flag profile {profile!r}; choose one of {sorted(PROFILES)}")
     environ = os.environ if environ is None else environ
     current = environ.get("XLA_FLAGS", "")
-    if environ.get(OPT_OUT_ENV, "1").lower() in ("0", "false", "no"):
+    if opted_out(OPT_OUT_ENV, environ):
         return current
     value = with_defaults(current, PROFILES[profile])
     if value != current:

@@ -94,11 +94,10 @@ class CompactExtractor(nnx.Module):
         if self.lateral is not None:
             for i in (2, 1, 0):
                 maps[i] = jax.nn.relu6(maps[i] + _upsample2x(self.lateral[i](maps[i + 1], train), maps[i], self.layout))
-        out = list(maps)
         for layer in self.extras:
             y = layer(y, train)
-            out.append(y)
-        return out
+            maps.append(y)
+        return maps
 
     def layer_stacks(self):
         def more(i, name):
