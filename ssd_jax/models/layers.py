@@ -21,6 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from ssd_jax import xla_flags
+from ssd_jax.kernels import cpu as cpu_kernels
 from ssd_jax.receptive_field import Layer
 
 Array = jax.Array
@@ -259,11 +261,26 @@ def depthwise_conv2d(
 
     Same result as ``conv2d(..., groups=C)``, but XLA:CPU runs (and differentiates) this
     as fused elementwise work: its grouped-convolution gradients made the SSDLite train
-    step ~16x slower than torchvision (benchmarks/RESULTS_network.md).
+    step ~16x slower than torchvision (benchmarks/RESULTS.md). On the CPU, in float32
+    NHWC, the gradients come from :mod:`ssd_jax.kernels` when it is available
+    (:func:`_depthwise_nhwc`); the forward pass is the same either way.
     """
-    k = kernel.shape[0]
     x = x.astype(compute_dtype)
     w = kernel.astype(compute_dtype)[:, :, 0, :]  # [k, k, C]
+    if layout == "NHWC" and jnp.dtype(compute_dtype) == jnp.float32 and cpu_kernels.enabled():
+        y = _depthwise_nhwc(x, w, stride, padding, dilation)
+    else:
+        y = _depthwise_shifted(x, w, stride, padding, dilation, layout)
+    if bias is not None:
+        cshape = (1, 1, 1, -1) if layout == "NHWC" else (1, -1, 1, 1)
+        y = y + bias.astype(compute_dtype).reshape(cshape)
+    return y
+
+
+def _depthwise_shifted(x: Array, w: Array, stride: int, padding: int, dilation: int, layout: str) -> Array:
+    """``x`` convolved with ``w [k, k, C]`` per channel: the sum over taps of strided slices
+    of the padded input times the tap's weights."""
+    k = w.shape[0]
     sp = (1, 2) if layout == "NHWC" else (2, 3)
     pads = [(0, 0)] * 4
     for ax in sp:
@@ -284,9 +301,41 @@ def depthwise_conv2d(
             strides[sp[0]] = strides[sp[1]] = stride
             term = jax.lax.slice(xp, start, limit, strides) * w[dy, dx].reshape(cshape)
             y = term if y is None else y + term
-    if bias is not None:
-        y = y + bias.astype(compute_dtype).reshape(cshape)
     return y
+
+
+#: Kernels at least this wide take the FFI input gradient; 3x3 keeps autodiff's, which XLA
+#: fuses into one pass (batch 16, ms, XLA vs FFI: 3x3 80x80x144 5.7 vs 9.2, 160x160x96
+#: stride 2 7.5 vs 9.2; 5x5 40x40x120 13.8 vs 4.0, 80x80x72 stride 2 29.3 vs 3.7).
+_FFI_INPUT_GRAD_MIN_KERNEL = 5
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _depthwise_nhwc(x: Array, w: Array, stride: int, padding: int, dilation: int) -> Array:
+    """NHWC float32 depthwise convolution whose gradients are :mod:`ssd_jax.kernels`' one-pass
+    CPU kernels: XLA:CPU differentiates the shifted products into k*k window copies, each
+    reduced against the cotangent (kernel gradient 61 ms against 8.8 ms at 80x80x144,
+    batch 16; benchmarks/RESULTS.md, "Custom CPU kernels")."""
+    return _depthwise_shifted(x, w, stride, padding, dilation, "NHWC")
+
+
+def _depthwise_nhwc_fwd(x, w, stride, padding, dilation):
+    return _depthwise_shifted(x, w, stride, padding, dilation, "NHWC"), (x, w)
+
+
+def _depthwise_nhwc_bwd(stride, padding, dilation, residuals, dy):
+    x, w = residuals
+    k = w.shape[0]
+    dw = cpu_kernels.depthwise_kernel_grad(x, dy, k, stride=stride, padding=padding, dilation=dilation)
+    if k >= _FFI_INPUT_GRAD_MIN_KERNEL:
+        dx = cpu_kernels.depthwise_input_grad(dy, w, x.shape, stride=stride, padding=padding, dilation=dilation)
+    else:
+        _, vjp = jax.vjp(lambda xx: _depthwise_shifted(xx, w, stride, padding, dilation, "NHWC"), x)
+        (dx,) = vjp(dy)
+    return dx.astype(x.dtype), dw.astype(w.dtype)
+
+
+_depthwise_nhwc.defvjp(_depthwise_nhwc_fwd, _depthwise_nhwc_bwd)
 
 
 class Conv2d(nnx.Module):
