@@ -414,6 +414,50 @@ def test_max_pool_ceil_mode():
     assert grad.dtype == jnp.bfloat16
 
 
+def _reduce_window_max_pool(x, kernel, stride, padding, ceil_mode, layout):
+    """The reference: ``lax.reduce_window`` with PyTorch's output size and -inf padding."""
+    spatial = (1, 2) if layout == "NHWC" else (2, 3)
+    pads, window, strides = [(0, 0)] * 4, [1] * 4, [1] * 4
+    for ax in spatial:
+        n_out = layers.pool_layer("p", kernel, stride, padding, ceil_mode).output_size(x.shape[ax])
+        pads[ax] = (padding, max((n_out - 1) * stride + kernel - x.shape[ax] - padding, 0))
+        window[ax], strides[ax] = kernel, stride
+    return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, window, strides, pads)
+
+
+@pytest.mark.parametrize("shape,kernel,padding,ceil_mode,layout", [
+    ((2, 75, 75, 3), 2, 0, True, "NHWC"),    # VGG's pool3 at 300 px: 75 -> 38, -inf row and column
+    ((2, 75, 75, 3), 2, 0, False, "NHWC"),   # floor mode: the last row and column are never read
+    ((1, 76, 9, 2), 2, 0, False, "NHWC"),    # even x odd
+    ((1, 7, 5, 2), 3, 0, True, "NHWC"),      # 3x3 blocks, ceil
+    ((1, 6, 6, 2), 2, 1, False, "NHWC"),     # padded: border windows hold one -inf row/column
+    ((2, 3, 11, 10), 2, 0, True, "NCHW"),
+    ((1, 2, 2, 4), 2, 0, False, "NHWC"),     # one window
+])
+def test_block_max_pool_equals_reduce_window(shape, kernel, padding, ceil_mode, layout):
+    """Non-overlapping pools (kernel == stride) take the reshape path: same values and, on
+    inputs without ties, the same gradient as ``reduce_window``'s."""
+    x = jax.random.normal(jax.random.key(0), shape)
+    ours = layers.max_pool(x, kernel, kernel, padding, ceil_mode, layout)
+    ref = _reduce_window_max_pool(x, kernel, kernel, padding, ceil_mode, layout)
+    assert ours.shape == ref.shape
+    np.testing.assert_array_equal(ours, ref)
+    weights = jax.random.normal(jax.random.key(1), ref.shape)
+    g_ours = jax.jit(jax.grad(lambda x: (layers.max_pool(x, kernel, kernel, padding, ceil_mode, layout) * weights).sum()))(x)
+    g_ref = jax.grad(lambda x: (_reduce_window_max_pool(x, kernel, kernel, padding, ceil_mode, layout) * weights).sum())(x)
+    np.testing.assert_array_equal(g_ours, g_ref)
+
+
+def test_block_max_pool_ties_share_the_gradient():
+    """Exact ties inside a window share its gradient equally (jnp.max's rule); reduce_window
+    gives all of it to one element. The total per window is the same."""
+    x = jnp.array([[1.0, 1.0], [0.0, 1.0]]).reshape(1, 2, 2, 1)
+    g = jax.grad(lambda x: layers.max_pool(x, 2, 2).sum())(x)
+    np.testing.assert_allclose(g[0, :, :, 0], [[1 / 3, 1 / 3], [0, 1 / 3]], rtol=1e-6)
+    g_ref = jax.grad(lambda x: _reduce_window_max_pool(x, 2, 2, 0, False, "NHWC").sum())(x)
+    assert float(g_ref.sum()) == float(g.sum()) == 1.0 and int((g_ref > 0).sum()) == 1
+
+
 # --- preprocessing and checkpoint io ------------------------------------------------------
 
 

@@ -401,20 +401,49 @@ class Conv2d(nnx.Module):
 def max_pool(
     x: Array, kernel: int, stride: int, padding: int = 0, ceil_mode: bool = False, layout: str = "NHWC"
 ) -> Array:
-    """Max pooling with PyTorch's semantics (``-inf`` padding, optional ceil mode)."""
+    """Max pooling with PyTorch's semantics (``-inf`` padding, optional ceil mode).
+
+    Non-overlapping windows (``kernel == stride``, VGG's 2x2 pools) are a reshape and a
+    ``max`` over the window axes: its gradient is one fused element-wise pass, where
+    ``reduce_window``'s autodiff tracks each window's argmax through four int32 index
+    arrays of the input's size and a scatter (~0.4 s of a 4.7 s SSD300 train step on the
+    CPU; benchmarks/RESULTS.md, "Custom CPU kernels"). The values are the same; the
+    gradient differs only on exact ties inside a window, which the reshape path shares out
+    equally (``jnp.max``'s rule) where ``reduce_window`` gives it to one element (as
+    PyTorch) — after a ReLU the only ties are zeros, whose gradient the ReLU stops anyway.
+    """
     spatial = (1, 2) if layout == "NHWC" else (2, 3)
     pads = [(0, 0)] * 4
     for ax in spatial:
         n = x.shape[ax]
         n_out = Layer("pool", kernel, stride, padding, 1, ceil_mode).output_size(n)
         hi = (n_out - 1) * stride + kernel - n - padding  # >= padding in ceil mode
-        pads[ax] = (padding, max(hi, 0))
+        pads[ax] = (padding, hi)
+    if kernel == stride:
+        return _block_max_pool(x, kernel, pads, spatial)
+    pads = [(lo, max(hi, 0)) for lo, hi in pads]
     window = [1, 1, 1, 1]
     strides = [1, 1, 1, 1]
     for ax in spatial:
         window[ax], strides[ax] = kernel, stride
     # a Python -inf init lets JAX recognise the max monoid (differentiable reduce_window_max)
     return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, window, strides, pads)
+
+
+def _block_max_pool(x: Array, k: int, pads, spatial) -> Array:
+    """Max over non-overlapping ``k x k`` blocks: pad with ``-inf`` (or crop the rows a
+    floor-mode pool never reads) to a multiple of ``k``, split each spatial axis into
+    ``(n / k, k)`` and reduce the ``k`` axes."""
+    pad_cfg = [(lo, hi, 0) for lo, hi in pads]  # lax.pad crops where hi < 0
+    x = jax.lax.pad(x, jnp.array(-jnp.inf, x.dtype), pad_cfg)
+    shape, axes = [], []
+    for ax, n in enumerate(x.shape):
+        if ax in spatial:
+            shape += [n // k, k]
+            axes.append(len(shape) - 1)
+        else:
+            shape.append(n)
+    return jnp.max(x.reshape(shape), axis=tuple(axes))
 
 
 def pool_layer(name: str, kernel: int, stride: int, padding: int = 0, ceil_mode: bool = False) -> Layer:
