@@ -80,3 +80,29 @@ def apply(profile: str = "train", environ: MutableMapping[str, str] | None = Non
 def profile_for_command(command: str | None) -> str:
     """The profile of a ``launch.py`` command: ``inference`` for eval and predict."""
     return "inference" if command in ("eval", "predict") else "train"
+
+
+YNN_FUSION_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
+
+
+def ynn_takes_convolutions(xla_flags: str | None = None) -> bool:
+    """Whether XLA:CPU hands single convolutions to YNNPACK under these ``XLA_FLAGS``
+    (default ``os.environ``'s): XLA's default fusion kinds include them, a
+    ``-individual_convolution`` entry or an explicit list without it (``''``: none) does not.
+
+    It decides :func:`ssd_jax.models.layers.use_shifted_wgrad`: YNNPACK's convolution
+    kernel gradients are 2-4x slower than matmuls on this CPU, XLA's others are faster.
+    """
+    flags = os.environ.get("XLA_FLAGS", "") if xla_flags is None else xla_flags
+    value = None
+    for flag in flags.split():  # the last occurrence wins, as in XLA's parser
+        if _name(flag) == YNN_FUSION_FLAG:
+            value = flag.split("=", 1)[1] if "=" in flag else ""
+    if value is None:
+        return True
+    kinds = [k.strip() for k in value.split(",") if k.strip()]
+    if "-individual_convolution" in kinds:
+        return False
+    if any(k.lstrip("+") == "individual_convolution" for k in kinds):
+        return True
+    return bool(kinds) and all(k.startswith(("-", "+")) for k in kinds)  # edits of the defaults

@@ -521,7 +521,11 @@ def test_conv_gradients_equal_xla(kernel, stride, padding, dilation, size, monke
 
 def test_shifted_wgrad_selection(monkeypatch):
     monkeypatch.delenv(layers.WGRAD_ENV, raising=False)
+    monkeypatch.setenv("XLA_FLAGS", "")  # XLA's defaults: YNNPACK takes single convolutions
     assert layers.use_shifted_wgrad("cpu") and not layers.use_shifted_wgrad("gpu") and not layers.use_shifted_wgrad("tpu")
+    # the train profile (launch.py): XLA's own kernel gradient is the faster one there
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution")
+    assert not layers.use_shifted_wgrad("cpu")
     monkeypatch.setenv(layers.WGRAD_ENV, "xla")
     assert not layers.use_shifted_wgrad("cpu")
     monkeypatch.setenv(layers.WGRAD_ENV, "shifted")
@@ -532,8 +536,9 @@ def test_shifted_wgrad_selection(monkeypatch):
 
 
 def test_shifted_wgrad_only_for_wide_inputs_in_auto_mode(monkeypatch):
-    on = layers.use_shifted_wgrad()  # the backend decides (CPU: on)
     monkeypatch.delenv(layers.WGRAD_ENV, raising=False)
+    monkeypatch.setenv("XLA_FLAGS", "")
+    on = layers.use_shifted_wgrad()  # the backend decides (CPU: on)
     assert layers._shifted_wgrad_for((3, 3, 64, 8)) == on
     assert not layers._shifted_wgrad_for((3, 3, 3, 64))  # VGG conv1_1: XLA's gradient is faster
     assert not layers._shifted_wgrad_for((3, 3, 32, 32))

@@ -65,3 +65,18 @@ def test_the_flags_are_accepted_and_keep_results(flags):
     import numpy as np
 
     np.testing.assert_allclose(outs[0], outs[1], rtol=1e-5)
+
+
+@pytest.mark.parametrize("flags, takes", [
+    ("", True),  # XLA's default fusion kinds include single convolutions
+    ("--xla_force_host_platform_device_count=8", True),
+    ("--xla_cpu_experimental_ynn_fusion_type=-individual_convolution", False),  # the train profile
+    ("--xla_cpu_experimental_ynn_fusion_type=", False),  # the inference profile: no YNNPACK
+    ("--xla_cpu_experimental_ynn_fusion_type=-dot", True),  # an edit of the defaults
+    ("--xla_cpu_experimental_ynn_fusion_type=-dot,-individual_convolution", False),
+    ("--xla_cpu_experimental_ynn_fusion_type=individual_convolution,dot", True),
+    ("--xla_cpu_experimental_ynn_fusion_type=dot,eltwise", False),  # a list without it
+    ("--xla_cpu_experimental_ynn_fusion_type= --xla_cpu_experimental_ynn_fusion_type=-dot", True),  # last wins
+])
+def test_ynn_takes_convolutions(flags, takes):
+    assert xla_flags.ynn_takes_convolutions(flags) is takes

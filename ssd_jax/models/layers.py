@@ -125,16 +125,21 @@ WGRAD_ENV = "SSD_JAX_CONV_WGRAD"
 def use_shifted_wgrad(backend: str | None = None) -> bool:
     """Whether NHWC convolutions take :func:`_conv_nhwc`'s matmul kernel gradient.
 
-    ``auto`` uses it on the CPU only, where XLA's own convolution weight gradient is slow
-    (DESIGN.md section 6); GPUs and TPUs keep XLA's (cuDNN's) gradient. The environment
-    variable ``SSD_JAX_CONV_WGRAD`` (``shifted`` / ``xla``) forces either, for the benchmarks.
-    Read when a function is traced: set it before the first jit of a train step.
+    ``auto`` uses it on the CPU only, and only while XLA hands single convolutions to
+    YNNPACK (XLA's default flags; :func:`ssd_jax.xla_flags.ynn_takes_convolutions`), whose
+    kernel gradients are slow (VGG's conv1_2 at batch 4: 495 ms against 250 for the
+    matmuls). Under the ``train`` flag profile that launch.py sets, XLA's own kernel
+    gradient is the faster one (195 against 235 ms; whole steps equal or up to 9% faster:
+    benchmarks/RESULTS.md, "Custom CPU kernels"). GPUs and TPUs keep XLA's (cuDNN's).
+    The environment variable ``SSD_JAX_CONV_WGRAD`` (``shifted`` / ``xla``) forces either,
+    for the benchmarks. Read when a function is traced: set it before the first jit of a
+    train step.
     """
     mode = os.environ.get(WGRAD_ENV, "auto")
     if mode not in ("auto", "shifted", "xla"):
         raise ValueError(f"{WGRAD_ENV}={mode!r}: expected 'auto', 'shifted' or 'xla'")
     if mode == "auto":
-        return (backend or jax.default_backend()) == "cpu"
+        return (backend or jax.default_backend()) == "cpu" and xla_flags.ynn_takes_convolutions()
     return mode == "shifted"
 
 
