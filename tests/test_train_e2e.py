@@ -33,6 +33,7 @@ def test_launch_train_runlocal_writes_checkpoints_config_and_metrics(tmp_path):
     # ... and its glibc malloc settings (ssd_jax/host_malloc.py; a user's own values win)
     if host_malloc.missing({}):
         assert info["malloc_env"] == {k: os.environ.get(k, v) for k, v in host_malloc.SETTINGS.items()}
+    assert info["cpu_kernels"] == os.environ.get("SSD_JAX_CPU_KERNELS", "auto")
     lines = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines if "loss" in x] == [2, 4]
     assert any("eval/mAP" in x for x in lines)
