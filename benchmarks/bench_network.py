@@ -229,6 +229,9 @@ def main(argv=None):
 
     import jax
 
+    from ssd_jax.kernels import cpu as cpu_kernels
+    from ssd_jax.models import layers
+
     have_torch = bool(args.torch) and os.path.exists(args.torch) and args.only != "jax"
     results = dict(child_rows)
     jax_done, torch_done = {}, {}  # a network measured once per run, on each side
@@ -270,6 +273,9 @@ def main(argv=None):
     print(f"# malloc: jax process {host_malloc.current() or 'glibc defaults'}; torch "
           f"{host_malloc.current(host_malloc.without_added()) or 'glibc defaults'}"
           + (", and again with the jax process's settings (last columns)" if args.torch_same_malloc else ""))
+    print(f"# CPU kernels (ssd_jax.kernels, depthwise gradients): {cpu_kernels.ENV}={cpu_kernels.mode()} -> "
+          f"{'used' if cpu_kernels.enabled() else 'not used'}; conv kernel gradients: "
+          f"{'matmuls' if layers.use_shifted_wgrad() else 'XLA'}")
     same = args.torch_same_malloc and have_torch
     print("| case | jax img/s | jax step s | compile s | torchvision img/s | source | ratio jax/torch |"
           + (" torch, jax's malloc, img/s | ratio |" if same else ""))

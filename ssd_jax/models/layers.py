@@ -320,7 +320,9 @@ def _depthwise_nhwc(x: Array, w: Array, stride: int, padding: int, dilation: int
     """NHWC float32 depthwise convolution whose gradients are :mod:`ssd_jax.kernels`' one-pass
     CPU kernels: XLA:CPU differentiates the shifted products into k*k window copies, each
     reduced against the cotangent (kernel gradient 61 ms against 8.8 ms at 80x80x144,
-    batch 16; benchmarks/RESULTS.md, "Custom CPU kernels")."""
+    batch 16; benchmarks/RESULTS.md, "Custom CPU kernels"). Differentiable once (the
+    kernels have no derivatives of their own): for second-order work set
+    ``SSD_JAX_CPU_KERNELS=off``."""
     return _depthwise_shifted(x, w, stride, padding, dilation, "NHWC")
 
 
@@ -411,11 +413,12 @@ def max_pool(
     Non-overlapping windows (``kernel == stride``, VGG's 2x2 pools) are a reshape and a
     ``max`` over the window axes: its gradient is one fused element-wise pass, where
     ``reduce_window``'s autodiff tracks each window's argmax through four int32 index
-    arrays of the input's size and a scatter (~0.4 s of a 4.7 s SSD300 train step on the
-    CPU; benchmarks/RESULTS.md, "Custom CPU kernels"). The values are the same; the
-    gradient differs only on exact ties inside a window, which the reshape path shares out
-    equally (``jnp.max``'s rule) where ``reduce_window`` gives it to one element (as
-    PyTorch) — after a ReLU the only ties are zeros, whose gradient the ReLU stops anyway.
+    arrays of the input's size and a scatter (the SSD300 train step on the CPU, batch 4:
+    4.54-4.58 -> 4.34-4.43 s; benchmarks/RESULTS.md, "Custom CPU kernels"). The values
+    are the same; the gradient differs only on exact ties inside a window, which the
+    reshape path shares out equally (``jnp.max``'s rule) where ``reduce_window`` gives it
+    to one element (as PyTorch) — after a ReLU the only ties are zeros, whose gradient the
+    ReLU stops anyway.
     """
     spatial = (1, 2) if layout == "NHWC" else (2, 3)
     pads = [(0, 0)] * 4
