@@ -17,6 +17,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
@@ -78,6 +79,30 @@ struct RowChunks {
 
 constexpr int64_t kTargetChunks = 32;
 
+// The sizes of a k x k depthwise convolution, NHWC: x [B, H, W, C], dy [B, Ho, Wo, C],
+// w [k, k, C].
+struct DepthwiseGeometry {
+  int64_t B, H, W, C, Ho, Wo, k;
+};
+
+// Reads the geometry from the three buffers' dimensions and checks that they and the
+// attributes describe one convolution; an InvalidArgument error names `what` otherwise.
+ffi::Error ReadGeometry(const char* what, ffi::Span<const int64_t> xd, ffi::Span<const int64_t> gd,
+                        ffi::Span<const int64_t> wd, int64_t stride, int64_t padding,
+                        int64_t dilation, DepthwiseGeometry& g) {
+  const std::string name(what);
+  if (xd.size() != 4 || gd.size() != 4 || wd.size() != 3)
+    return ffi::Error::InvalidArgument(name + ": expected x [B,H,W,C], dy [B,Ho,Wo,C], w [k,k,C]");
+  g = {xd[0], xd[1], xd[2], xd[3], gd[1], gd[2], wd[0]};
+  if (gd[0] != g.B || gd[3] != g.C || wd[1] != g.k || wd[2] != g.C || stride < 1 ||
+      dilation < 1 || padding < 0)
+    return ffi::Error::InvalidArgument(name + ": shapes or attributes do not agree");
+  if (g.Ho != (g.H + 2 * padding - dilation * (g.k - 1) - 1) / stride + 1 ||
+      g.Wo != (g.W + 2 * padding - dilation * (g.k - 1) - 1) / stride + 1)
+    return ffi::Error::InvalidArgument(name + ": dy is not the convolution's output size");
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 // Depthwise convolution kernel gradient, NHWC, one pass over x and dy (zero padding
@@ -88,20 +113,12 @@ static ffi::Error DepthwiseKernelGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi:
                                           ffi::Buffer<ffi::F32> dy,
                                           ffi::ResultBuffer<ffi::F32> dw, int64_t stride,
                                           int64_t padding, int64_t dilation) {
-  auto xd = x.dimensions();
-  auto gd = dy.dimensions();
-  auto wd = dw->dimensions();
-  if (xd.size() != 4 || gd.size() != 4 || wd.size() != 3)
-    return ffi::Error::InvalidArgument(
-        "depthwise_kernel_grad: expected x [B,H,W,C], dy [B,Ho,Wo,C], dw [k,k,C]");
-  const int64_t B = xd[0], H = xd[1], W = xd[2], C = xd[3];
-  const int64_t Ho = gd[1], Wo = gd[2], k = wd[0];
-  if (gd[0] != B || gd[3] != C || wd[1] != k || wd[2] != C || stride < 1 || dilation < 1 ||
-      padding < 0)
-    return ffi::Error::InvalidArgument("depthwise_kernel_grad: shapes or attributes do not agree");
-  if (Ho != (H + 2 * padding - dilation * (k - 1) - 1) / stride + 1 ||
-      Wo != (W + 2 * padding - dilation * (k - 1) - 1) / stride + 1)
-    return ffi::Error::InvalidArgument("depthwise_kernel_grad: dy is not the convolution's output size");
+  DepthwiseGeometry g;
+  if (ffi::Error e = ReadGeometry("depthwise_kernel_grad", x.dimensions(), dy.dimensions(),
+                                  dw->dimensions(), stride, padding, dilation, g);
+      e.failure())
+    return e;
+  const int64_t B = g.B, H = g.H, W = g.W, C = g.C, Ho = g.Ho, Wo = g.Wo, k = g.k;
 
   const int64_t len = k * k * C;
   const RowChunks chunks(B, Ho, kTargetChunks);
@@ -163,20 +180,12 @@ static ffi::Error DepthwiseInputGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::
                                          ffi::Buffer<ffi::F32> kernel,
                                          ffi::ResultBuffer<ffi::F32> dx, int64_t stride,
                                          int64_t padding, int64_t dilation) {
-  auto gd = dy.dimensions();
-  auto wd = kernel.dimensions();
-  auto xd = dx->dimensions();
-  if (xd.size() != 4 || gd.size() != 4 || wd.size() != 3)
-    return ffi::Error::InvalidArgument(
-        "depthwise_input_grad: expected dy [B,Ho,Wo,C], w [k,k,C], dx [B,H,W,C]");
-  const int64_t B = xd[0], H = xd[1], W = xd[2], C = xd[3];
-  const int64_t Ho = gd[1], Wo = gd[2], k = wd[0];
-  if (gd[0] != B || gd[3] != C || wd[1] != k || wd[2] != C || stride < 1 || dilation < 1 ||
-      padding < 0)
-    return ffi::Error::InvalidArgument("depthwise_input_grad: shapes or attributes do not agree");
-  if (Ho != (H + 2 * padding - dilation * (k - 1) - 1) / stride + 1 ||
-      Wo != (W + 2 * padding - dilation * (k - 1) - 1) / stride + 1)
-    return ffi::Error::InvalidArgument("depthwise_input_grad: dy is not the convolution's output size");
+  DepthwiseGeometry g;
+  if (ffi::Error e = ReadGeometry("depthwise_input_grad", dx->dimensions(), dy.dimensions(),
+                                  kernel.dimensions(), stride, padding, dilation, g);
+      e.failure())
+    return e;
+  const int64_t B = g.B, H = g.H, W = g.W, C = g.C, Ho = g.Ho, Wo = g.Wo, k = g.k;
 
   const RowChunks chunks(B, H, kTargetChunks);
   const float* gp = dy.typed_data();
