@@ -207,3 +207,43 @@ def test_sharded_batch_runs_the_kernels_per_device(kernels):
     proc = subprocess.run([sys.executable, "-c", SHARDED], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0 and "OK" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-3000:]
+
+
+TRAIN_STEP_SHARDED = textwrap.dedent("""
+    import jax, numpy as np
+    from flax import nnx
+    from ssd_jax import anchors, models, parallel, train
+    from tests._train_helpers import fixed_batch
+    assert jax.device_count() == 8
+
+    def run(devices):
+        mesh = parallel.make_mesh(devices)
+        model = models.build_model("ssdlite_mobilenetv3", 3, image_size=64, width=0.25, rngs=nnx.Rngs(0))
+        tx, sched = train.make_optimizer(train.OptimConfig(batch_size=8, lr=0.05, lr_batch_size=8))
+        g, state = train.create_train_state(model, tx)
+        step = parallel.jit_train_step(train.make_train_step(g, tx, sched, anchors.generate(model.spec)), mesh,
+                                       parallel.replicate(state, mesh))
+        state = parallel.replicate(state, mesh)
+        batch = parallel.global_batch(fixed_batch(8, size=64), mesh, 8)
+        hlo = step.lower(state, batch).compile().as_text()
+        state, m = step(state, batch)
+        return float(m["loss"]), jax.device_get(state.params), hlo
+
+    l1, p1, _ = run(jax.devices()[:1])
+    l8, p8, hlo = run(jax.devices())
+    assert hlo.count("ssd_jax_depthwise_kernel_grad") > 0 and hlo.count("ssd_jax_depthwise_input_grad") > 0
+    np.testing.assert_allclose(l1, l8, rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4), p1, p8)
+    print("OK")
+""")
+
+
+@pytest.mark.slow
+def test_sharded_ssdlite_train_step_matches_one_device(kernels):
+    """launch.py's data-parallel step (parallel.jit_train_step) on SSDLite-MobileNetV3 over 8
+    simulated devices, the kernels inside: one step gives one device's loss and parameters."""
+    env = {**os.environ, "PYTHONPATH": ROOT, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+           cpu.ENV: "on"}
+    proc = subprocess.run([sys.executable, "-c", TRAIN_STEP_SHARDED], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0 and "OK" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-3000:]
