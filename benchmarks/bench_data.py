@@ -15,7 +15,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from ssd_jax import host_malloc  # noqa: E402
+from ssd_jax import host_malloc, run_info  # noqa: E402
 
 if __name__ == "__main__":  # as launch.py: glibc malloc settings (ssd_jax/host_malloc.py), restarts once
     host_malloc.reexec_with_settings()
@@ -46,7 +46,7 @@ def main() -> None:
     parser.add_argument("--cache-dir", default=None)
     args = parser.parse_args()
     source = builtin_source("train", BuiltinSpec(), args.cache_dir)
-    print(f"machine: {platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} CPUs; "
+    print(f"machine: {run_info.cpu_model()}, {len(os.sched_getaffinity(0))} CPUs; "
           f"python {platform.python_version()}")
     print(f"dataset: built-in train, {len(source)} images; input 300x300, batch 32, SSD augmentation")
     for workers in args.workers:

@@ -35,7 +35,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from ssd_jax import host_malloc, xla_flags  # noqa: E402 (after the path; before JAX starts)
+from ssd_jax import host_malloc, xla_flags, run_info  # noqa: E402 (after the path; before JAX starts)
 
 if __name__ == "__main__" and "--torchvision-reference" not in sys.argv:  # as launch.py (ssd_jax/host_malloc.py)
     host_malloc.reexec_with_settings()
@@ -277,7 +277,7 @@ def main():
                  f"ours first call (compile) {full_compile_s:.1f} s"))
 
     print(f"python {platform.python_version()}, jax {jax.__version__}, numpy {np.__version__}, "
-          f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}")
+          f"{os.cpu_count()} CPUs, {run_info.cpu_model()}")
     print(f"{'benchmark':52s} {'ours':>9s} {'reference':>10s} {'unit':>4s} {'speed-up':>9s}  note")
     for what, ours_v, ref_v, unit, ratio, note in rows:
         print(f"{what:52s} {ours_v:9.3f} {ref_v:10.3f} {unit:>4s} {ratio:8.1f}x  {note}")

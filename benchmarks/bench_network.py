@@ -33,7 +33,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -41,7 +40,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from ssd_jax import host_malloc, xla_flags  # noqa: E402 (after the path)
+from ssd_jax import host_malloc, xla_flags, run_info  # noqa: E402 (after the path)
 
 if __name__ == "__main__":  # as launch.py: glibc malloc settings (ssd_jax/host_malloc.py), restarts once
     host_malloc.reexec_with_settings()
@@ -266,7 +265,7 @@ def main(argv=None):
                             "torch": results["ssd300_train_b4"].get("torch"), "torch_source": results["ssd300_train_b4"].get("torch_source")}
             print(f"{key}: {results[key]}", file=sys.stderr, flush=True)
 
-    print(f"# bench_network {datetime.date.today()} | jax {jax.__version__} | {platform.processor() or platform.machine()}, "
+    print(f"# bench_network {datetime.date.today()} | jax {jax.__version__} | {run_info.cpu_model()}, "
           f"{os.cpu_count()} CPUs | XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}"
           + (f" (inference cases: {xla_flags.with_defaults('', xla_flags.PROFILES['inference'])!r}, child process)"
              if child_rows and not xla_flags.opted_out(xla_flags.OPT_OUT_ENV) else ""))

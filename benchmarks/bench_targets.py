@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
@@ -23,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from ssd_jax import host_malloc, xla_flags  # noqa: E402 (after the path; before JAX starts)
+from ssd_jax import host_malloc, xla_flags, run_info  # noqa: E402 (after the path; before JAX starts)
 
 if __name__ == "__main__":  # as launch.py: glibc malloc settings (ssd_jax/host_malloc.py), restarts once
     host_malloc.reexec_with_settings()
@@ -141,7 +140,7 @@ def main(argv=None) -> int:
         f"match + multibox loss: batch {args.batch}, {case[0].shape[0]} priors, "
         f"{args.num_classes + 1} classes, {args.num_gt} truths/image; median of {args.repeats}"
     )
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__}")
+    print(f"machine: {run_info.cpu_model()}, {os.cpu_count()} cores, jax {jax.__version__}")
     header = f"{'pass':<18} {'ssd_jax ms':>11} {ref_label + ' ms':>30} {'speed-up':>9} {'target ms':>10}"
     print(header)
     print("-" * len(header))

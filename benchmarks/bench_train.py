@@ -25,7 +25,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -33,7 +32,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from ssd_jax import host_malloc, xla_flags  # noqa: E402 (after the path; before JAX starts)
+from ssd_jax import host_malloc, xla_flags, run_info  # noqa: E402 (after the path; before JAX starts)
 
 if __name__ == "__main__":  # as launch.py: glibc malloc settings (ssd_jax/host_malloc.py), restarts once
     host_malloc.reexec_with_settings()
@@ -160,7 +159,7 @@ def main(argv=None) -> None:
             ref, source = json.loads(r.stdout.strip().splitlines()[-1])["imgs_per_s"], "measured, same run"
         else:
             print(f"torch reference failed: {r.stderr[-1500:]}", file=sys.stderr)
-    print(f"# bench_train {datetime.date.today()} | jax {jax.__version__} | {platform.machine()}, "
+    print(f"# bench_train {datetime.date.today()} | jax {jax.__version__} | {run_info.cpu_model()}, "
           f"{len(os.sched_getaffinity(0))} CPUs")
     print("| case | model | px | batch | steps/s (data excl.) | img/s (excl.) | steps/s (data incl.) | img/s (incl.) "
           "| compile s | torchvision SSD300 img/s | ratio (excl.) |")

@@ -46,6 +46,26 @@ def git_commit(path: str | None = None) -> dict[str, str | bool | None]:
         return {"commit": None, "dirty": None}
 
 
+def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The host CPU as ``/proc/cpuinfo`` names it, with its family and model numbers (e.g.
+    ``"AMD EPYC (family 26, model 2)"``: the same marketing name covers several
+    micro-architectures whose timings differ by 1.5x and more); ``platform.processor()``
+    where the file is missing."""
+    fields = {}
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                if not line.strip():
+                    break  # the first processor's block is enough
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        return platform.processor() or platform.machine()
+    name = fields.get("model name") or fields.get("Hardware") or platform.processor() or platform.machine()
+    ids = [f"{k.split()[-1]} {fields[k]}" for k in ("cpu family", "model") if fields.get(k)]
+    return f"{name} ({', '.join(ids)})" if ids else name
+
+
 def device_info() -> dict:
     import jax
 
@@ -68,6 +88,7 @@ def write_run_info(workdir: str, config_json: str) -> dict:
         "argv": sys.argv,
         "python": platform.python_version(),
         "host": platform.node(),
+        "cpu": cpu_model(),
         "packages": package_versions(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "malloc_env": host_malloc.current(),

@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from ssd_jax import host_malloc
+from ssd_jax import host_malloc, run_info
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -34,6 +34,7 @@ def test_launch_train_runlocal_writes_checkpoints_config_and_metrics(tmp_path):
     if host_malloc.missing({}):
         assert info["malloc_env"] == {k: os.environ.get(k, v) for k, v in host_malloc.SETTINGS.items()}
     assert info["cpu_kernels"] == os.environ.get("SSD_JAX_CPU_KERNELS", "auto")
+    assert info["cpu"] == run_info.cpu_model()
     lines = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines if "loss" in x] == [2, 4]
     assert any("eval/mAP" in x for x in lines)
