@@ -60,7 +60,7 @@ def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
                 key, _, value = line.partition(":")
                 fields.setdefault(key.strip(), value.strip())
     except OSError:
-        return platform.processor() or platform.machine()
+        pass
     name = fields.get("model name") or fields.get("Hardware") or platform.processor() or platform.machine()
     ids = [f"{k.split()[-1]} {fields[k]}" for k in ("cpu family", "model") if fields.get(k)]
     return f"{name} ({', '.join(ids)})" if ids else name
