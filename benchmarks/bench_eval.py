@@ -148,7 +148,7 @@ def torchvision_full_eval(repeats):
 
 def eval_dataset(seed=0, num_images=1000, dets_per_image=100, num_classes=20):
     """Truths (1-14 per image) and 100 detections per image, half near a truth."""
-    from ssd_jax.evaluation.records import GroundTruth, ImageDetections
+    from ssd_jax.evaluation.types import GroundTruth, ImageDetections
 
     rng = np.random.default_rng(seed)
     truths, dets = [], []

@@ -121,7 +121,7 @@ def jax_train_case(model_name: str, batch: int, dtype: str, steps: int, seconds:
     from flax import nnx
 
     from ssd_jax import anchors, models, parallel
-    from ssd_jax import train as train_lib
+    from ssd_jax import train_step as train_lib
 
     kw = dict(compute_dtype=jnp.bfloat16 if dtype == "bf16" else jnp.float32, rngs=nnx.Rngs(0))
     if image_size:

@@ -91,7 +91,7 @@ def measure(config, steps: int) -> dict:
     from flax import nnx
 
     from ssd_jax import anchors, parallel, training_loop
-    from ssd_jax import train as train_lib
+    from ssd_jax import train_step as train_lib
     from ssd_jax.data import pipeline
 
     mesh = parallel.make_mesh()

@@ -17,7 +17,7 @@ import ml_collections
 from flax import nnx
 
 from ssd_jax import checkpointing, parallel
-from ssd_jax import train as train_lib
+from ssd_jax import train_step as train_lib
 from ssd_jax import training_loop
 
 

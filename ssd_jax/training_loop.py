@@ -37,7 +37,7 @@ import numpy as np
 from flax import nnx
 
 from ssd_jax import anchors, checkpointing, metric_writers, parallel, run_info, tiny_model
-from ssd_jax import train as train_lib
+from ssd_jax import train_step as train_lib
 from ssd_jax.data import pipeline, transforms
 from ssd_jax.metric_writers import format_scalars
 from ssd_jax.models import factory, params_io, preprocessing

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ssd_jax.evaluation.records import GroundTruth, ImageDetections
+from ssd_jax.evaluation.types import GroundTruth, ImageDetections
 
 
 def random_set(seed, num_images=40, num_classes=4, max_truths=6, dets_per_image=15,

@@ -11,7 +11,7 @@ import pytest
 
 from eval_helpers import random_set
 from ssd_jax.evaluation import coco
-from ssd_jax.evaluation.records import GroundTruth, ImageDetections
+from ssd_jax.evaluation.types import GroundTruth, ImageDetections
 
 G1 = [10.0, 10.0, 110.0, 110.0]
 G2 = [200.0, 150.0, 300.0, 260.0]

@@ -7,7 +7,7 @@ import pytest
 from ssd_jax import inference, postprocess, visualize
 from ssd_jax.data import builtin, pipeline
 from ssd_jax.evaluation import from_source, voc
-from ssd_jax.evaluation.records import GroundTruth, ImageDetections
+from ssd_jax.evaluation.types import GroundTruth, ImageDetections
 
 
 @pytest.fixture(scope="module")

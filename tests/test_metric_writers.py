@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ssd_jax import metric_writers, train
+from ssd_jax import metric_writers, train_step
 from tests._tb_helpers import read_events
 
 
@@ -65,7 +65,7 @@ def test_train_metrics_average_and_last_lr():
                                                           "lr", "grad_norm")} for _ in range(5)]
     acc = None
     for m in steps:
-        acc = train.merge_train_metrics(acc, {k: jnp.asarray(v) for k, v in m.items()})
+        acc = train_step.merge_train_metrics(acc, {k: jnp.asarray(v) for k, v in m.items()})
     out = {k: float(v) for k, v in acc.compute().items()}
     for k in ("loss", "conf_loss", "loc_loss", "num_pos", "num_neg", "grad_norm"):
         assert out[k] == pytest.approx(np.mean([m[k] for m in steps]), rel=1e-6)

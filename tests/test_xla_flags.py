@@ -39,7 +39,7 @@ def test_apply_per_profile_unless_opted_out():
 
 
 def test_importing_the_package_changes_no_flags():
-    code = "import os, ssd_jax, ssd_jax.models, ssd_jax.train; print(repr(os.environ.get('XLA_FLAGS')))"
+    code = "import os, ssd_jax, ssd_jax.models, ssd_jax.train_step; print(repr(os.environ.get('XLA_FLAGS')))"
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]

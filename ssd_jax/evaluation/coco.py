@@ -23,7 +23,7 @@ from typing import Hashable, Sequence
 
 import numpy as np
 
-from ssd_jax.evaluation.records import GroundTruth, ImageDetections, check_unique_ids
+from ssd_jax.evaluation.types import GroundTruth, ImageDetections, check_unique_ids
 
 #: Names of ``COCOeval.stats``, in order.
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl",

@@ -17,7 +17,7 @@ import numpy as np
 
 from ssd_jax.evaluation import coco as coco_lib
 from ssd_jax.evaluation import voc as voc_lib
-from ssd_jax.evaluation.records import GroundTruth, ImageDetections, check_unique_ids
+from ssd_jax.evaluation.types import GroundTruth, ImageDetections, check_unique_ids
 
 
 def _field(detections: Any, name: str):

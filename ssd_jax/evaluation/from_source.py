@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from ssd_jax.data.records import Source
 from ssd_jax.evaluation.evaluator import COCOEvaluator, VOCEvaluator
-from ssd_jax.evaluation.records import GroundTruth
+from ssd_jax.evaluation.types import GroundTruth
 
 
 def ground_truths(source: Source, difficult_as_crowd: bool = False) -> list[GroundTruth]:

@@ -36,7 +36,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ssd_jax.evaluation.records import GroundTruth, ImageDetections, check_unique_ids
+from ssd_jax.evaluation.types import GroundTruth, ImageDetections, check_unique_ids
 
 #: The 11 recall thresholds of VOC07 AP, as ``voc_eval`` makes them.
 VOC07_RECALL_THRESHOLDS = np.arange(0.0, 1.1, 0.1)
