@@ -1,15 +1,13 @@
 """The built-in dataset demo (the main job): ``ssd_compact`` at 160x160 on "shapes on photos".
 
-Sized for a 2-core CPU and the issue's 15-minute budget: 3,600 steps at batch 16 take ~11.5
-minutes here with ``launch.py``'s train flags (built-in dataset generation and compilation
-included) and reach VOC mAP@0.5 ~0.575 on the 500 val images (benchmarks/RESULTS.md has the curve; the issue's target,
-0.80, is not reached). Run:
+Sized for a 2-core CPU: 3,600 steps at batch 16 with ``launch.py``'s train flags, built-in
+dataset generation and compilation included. Its current wall time and VOC mAP@0.5 on the
+500 val images, per dev box: ``benchmarks/README.md``, "The main job". Run:
 ``python launch.py train`` (this is the default config) or
 ``python launch.py train --config=experiments/demo.py --workdir=runs/demo``.
 
-Choices, each measured on this dataset (RESULTS.md, "The main job"; the GPU recipe search
-``experiments/sweep_demo_recipe.py`` / ``sweep_demo_capacity.py`` compared variants at equal
-CPU time):
+Choices (measured on this dataset: benchmarks/RESULTS.md; the GPU recipe search, whose
+sweeps live under ``research/``, compared variants at equal CPU time):
 
 * ``ssd_compact`` (dense 3x3 convolutions, first source map at stride 4) instead of
   SSDLite-MobileNetV2: twice the steps per second on the CPU, and priors down to 6% of the
