@@ -1,7 +1,7 @@
 """Box formats, pairwise IoU and the SSD box coder (encode/decode with variances).
 
 Pure ``jax.numpy``; every function is jit-able and works on any leading batch shape
-unless its docstring says otherwise. Conventions (DESIGN.md section 3):
+unless its docstring says otherwise. Conventions:
 
 * ``xyxy`` boxes are ``(xmin, ymin, xmax, ymax)``, normalised to [0, 1] inside the model;
 * ``cxcywh`` boxes (the priors) are ``(cx, cy, w, h)``, normalised;
@@ -102,9 +102,9 @@ def encode_matched(
     """``encode(boxes[index], priors)`` for few boxes and many priors, as matching needs.
 
     Centres and log sizes are computed once per box (``G`` logs, not ``P``), gathered,
-    and turned into offsets by an affine map per prior; on XLA:CPU this is twice as fast
-    as gathering rows and encoding them. Boxes of zero size get a finite log (their
-    offsets are garbage but never inf/NaN: callers mask them).
+    and turned into offsets by an affine map per prior; on XLA:CPU this is faster than
+    gathering rows and encoding them (measured: benchmarks/RESULTS.md). Boxes of zero size
+    get a finite log (their offsets are garbage but never inf/NaN: callers mask them).
 
     Args:
       boxes: ``[G, 4]`` xyxy boxes.

@@ -34,7 +34,8 @@ def softmax_cross_entropy(logits: Array, labels: Array) -> Array:
 
     A hand-written VJP: the backward pass is one fused elementwise pass
     ``g * (softmax - onehot)``; autodiff of ``logsumexp`` + a gather (a scatter-add in
-    the backward) was 3-10x slower on XLA:CPU for ``[32, 8732, 21]``.
+    the backward) was several times slower on XLA:CPU for ``[32, 8732, 21]`` (measured:
+    benchmarks/RESULTS.md).
     """
     return _cross_entropy_fwd(logits, labels)[0]
 
@@ -49,7 +50,7 @@ def _pick(x: Array, index: Array) -> Array:
     """``x[..., index]`` per position: ``[..., K]``, ``[...]`` -> ``[...]``.
 
     ``take_along_axis`` written as one flat 1-D gather: XLA:CPU's batched gather with
-    index tuples was 1.4-3x slower on ``[32, 8732, 21]``.
+    index tuples was slower on ``[32, 8732, 21]`` (measured: benchmarks/RESULTS.md).
     """
     num = x.shape[-1]
     flat_position = jnp.arange(index.size, dtype=jnp.int32).reshape(index.shape)
@@ -74,7 +75,8 @@ def _kth_largest_bits(bits: Array, k: Array, bits_per_pass: int = 2) -> Array:
     ``bits``: ``[B, P]`` int32, non-negative for candidates, -1 for excluded entries;
     ``k``: ``[B]`` int32 >= 1. A radix select from the top bit down, deciding
     ``bits_per_pass`` bits per counting pass over ``[B, P]`` (2 bits: 16 passes, the
-    fastest on XLA:CPU; 1 bit takes 31 passes and is about 40% slower).
+    fastest on XLA:CPU; 1 bit takes 31 passes and is slower; measured:
+    benchmarks/RESULTS.md).
     """
     num_trials = (1 << bits_per_pass) - 1
     num_passes = -(-31 // bits_per_pass)
@@ -166,7 +168,8 @@ def multibox_loss(
     hard_negative = select_largest(ranking, num_neg)
 
     conf_sum = jnp.sum(jnp.where(positive | hard_negative, ce, 0.0))
-    # One flat reduction: summing the 4 coordinates per prior first is 4x slower on XLA:CPU.
+    # One flat reduction: summing the 4 coordinates per prior first is slower on XLA:CPU
+    # (measured: benchmarks/RESULTS.md).
     loc_terms = smooth_l1(loc_preds.astype(jnp.float32) - loc_targets)
     loc_sum = jnp.sum(jnp.where(positive[..., None], loc_terms, 0.0))
 

@@ -30,7 +30,8 @@ def _first_argmax(x: Array, x_max: Array, axis: int) -> Array:
     """Index of the first maximum of ``x`` along ``axis`` given the maximum itself.
 
     Same result as ``jnp.argmax``, but two plain reductions: XLA:CPU's variadic
-    (value, index) reduce of ``argmax`` is about 15x slower over the long prior axis.
+    (value, index) reduce of ``argmax`` is much slower over the long prior axis
+    (measured: benchmarks/RESULTS.md).
     """
     size = x.shape[axis]
     index = lax.broadcasted_iota(jnp.int32, x.shape, axis)
