@@ -10,15 +10,12 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from ssd_jax import run_info, runtime  # noqa: E402
 
-from ssd_jax import host_malloc, run_info  # noqa: E402
-
-if __name__ == "__main__":  # as launch.py: glibc malloc settings (ssd_jax/host_malloc.py), restarts once
-    host_malloc.reexec_with_settings()
+if __name__ == "__main__":  # allocator, XLA flags, cache: as launch.py (ssd_jax/runtime.py)
+    runtime.setup_process("train")
 
 from ssd_jax.data.builtin import BuiltinSpec, builtin_source  # noqa: E402
 from ssd_jax.data.pipeline import PipelineConfig, train_dataset  # noqa: E402

@@ -33,14 +33,10 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from ssd_jax import host_malloc, run_info, runtime  # noqa: E402 (before JAX starts)
 
-from ssd_jax import host_malloc, xla_flags, run_info  # noqa: E402 (after the path; before JAX starts)
-
-if __name__ == "__main__" and "--torchvision-reference" not in sys.argv:  # as launch.py (ssd_jax/host_malloc.py)
-    host_malloc.reexec_with_settings()
-
-xla_flags.apply("inference")  # what launch.py runs with (SSD_JAX_XLA_DEFAULTS=0: XLA's own defaults)
+if __name__ == "__main__" and "--torchvision-reference" not in sys.argv:  # as launch.py eval (ssd_jax/runtime.py)
+    runtime.setup_process("eval")
 
 BATCH, NUM_CLASSES_BG = 8, 21
 RECORDED_TORCHVISION_MS_PER_IMAGE = 17.0  # torchvision 0.29 on this 2-core machine

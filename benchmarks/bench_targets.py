@@ -20,14 +20,10 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from ssd_jax import run_info, runtime  # noqa: E402 (before JAX starts)
 
-from ssd_jax import host_malloc, xla_flags, run_info  # noqa: E402 (after the path; before JAX starts)
-
-if __name__ == "__main__":  # as launch.py: glibc malloc settings (ssd_jax/host_malloc.py), restarts once
-    host_malloc.reexec_with_settings()
-
-xla_flags.apply("train")  # what launch.py runs with (SSD_JAX_XLA_DEFAULTS=0: XLA's own defaults)
+if __name__ == "__main__":  # as launch.py train (ssd_jax/runtime.py)
+    runtime.setup_process("train")
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402

@@ -29,15 +29,10 @@ import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from ssd_jax import host_malloc, run_info, runtime  # noqa: E402 (before JAX starts)
 
-from ssd_jax import host_malloc, xla_flags, run_info  # noqa: E402 (after the path; before JAX starts)
-
-if __name__ == "__main__":  # as launch.py: glibc malloc settings (ssd_jax/host_malloc.py), restarts once
-    host_malloc.reexec_with_settings()
-
-xla_flags.apply("train")  # what launch.py runs with (SSD_JAX_XLA_DEFAULTS=0: XLA's own defaults)
+if __name__ == "__main__":  # as launch.py train (ssd_jax/runtime.py)
+    runtime.setup_process("train")
 
 #: torchvision 0.29, CPU, 2 threads, this kind of machine (issue 6).
 RECORDED_TORCH_SSD300_B4 = 0.94
@@ -72,12 +67,12 @@ print(json.dumps({"imgs_per_s": batch / dt, "step_s": dt}))
 
 
 def case_config(name: str):
-    from ssd_jax import config_cli
+    from ssd_jax import config as config_lib
 
     if name == "demo":
-        return config_cli.load_config(os.path.join(ROOT, "experiments", "demo.py"))
+        return config_lib.load_config("experiments.demo")
     if name == "ssd300":
-        c = config_cli.load_config(os.path.join(ROOT, "experiments", "ssd300_vgg16_voc.py"))
+        c = config_lib.load_config("experiments.ssd300_vgg16_voc")
         c.data.dataset = "builtin"
         c.data.batch_size = 4
         c.data.max_boxes = 8
@@ -90,24 +85,22 @@ def measure(config, steps: int) -> dict:
     import jax
     from flax import nnx
 
-    from ssd_jax import anchors, parallel, training_loop
+    from ssd_jax import anchors, builders, parallel
     from ssd_jax import train_step as train_lib
+    from ssd_jax.config import Settings
     from ssd_jax.data import pipeline
 
+    settings = Settings.from_config(config)
     mesh = parallel.make_mesh()
-    bs = config.data.batch_size
-    train_src, _ = training_loop.build_sources(config)
-    model = training_loop.build_model(config, train_src.num_classes, nnx.Rngs(0))
-    tx, schedule = train_lib.make_optimizer(training_loop.optim_config(config))
+    bs = settings.data.batch_size
+    train_src, _ = builders.build_sources(settings.data)
+    model = builders.build_model(settings.model, train_src.num_classes, nnx.Rngs(0))
+    tx, schedule = train_lib.make_optimizer(settings.optim)
     graphdef, state = train_lib.create_train_state(model, tx)
     state = parallel.replicate(state, mesh)
-    loss_cfg = train_lib.LossConfig(config.loss.iou_threshold, config.loss.neg_pos_ratio, config.loss.alpha)
     step_fn = parallel.jit_train_step(
-        train_lib.make_train_step(graphdef, tx, schedule, anchors.generate(model.spec), loss_cfg), mesh, state)
-    pcfg = pipeline.PipelineConfig(
-        image_size=model.spec.image_size, batch_size=bs, max_boxes=config.data.max_boxes, seed=0,
-        num_workers=config.data.num_workers, normalization=training_loop.input_normalization(config.model.name),
-        augment=training_loop.augment_config(config.data))
+        train_lib.make_train_step(graphdef, tx, schedule, anchors.generate(model.spec), settings.loss), mesh, state)
+    pcfg = builders.train_pipeline_config(settings, model.spec.image_size, bs)
     it = iter(pipeline.train_dataset(train_src, pcfg))
     try:
         fixed = parallel.global_batch(next(it), mesh, bs)

@@ -10,16 +10,12 @@ The global batch size is the config's whatever the device count: each process fe
 ``global_batch / process_count`` images (its shard of the data) and
 :func:`global_batch` assembles them with ``jax.make_array_from_process_local_data``.
 
-Multi-host: call :func:`maybe_initialize_distributed` before anything else touches JAX
-(``launch.py`` does). It calls ``jax.distributed.initialize()`` only when the environment
-names a coordinator: ``JAX_COORDINATOR_ADDRESS`` (with ``JAX_NUM_PROCESSES`` and
-``JAX_PROCESS_ID``, which ``jax.distributed.initialize`` reads itself), or
-``SSD_JAX_DISTRIBUTED=1`` to let JAX auto-detect the cluster (SLURM, TPU pods, ...).
+Multi-host: the entry points start ``jax.distributed`` before anything else touches JAX
+(:func:`ssd_jax.runtime.setup_process`).
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any, Callable, Mapping
 
 import jax
@@ -27,15 +23,6 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 DATA_AXIS = "data"
-
-
-def maybe_initialize_distributed(environ: Mapping[str, str] | None = None) -> bool:
-    """``jax.distributed.initialize()`` if the environment names a coordinator; True if called."""
-    env = os.environ if environ is None else environ
-    if env.get("JAX_COORDINATOR_ADDRESS") or env.get("SSD_JAX_DISTRIBUTED", "") in ("1", "true", "True"):
-        jax.distributed.initialize()
-        return True
-    return False
 
 
 def make_mesh(devices: list | None = None) -> Mesh:

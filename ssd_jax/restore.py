@@ -16,14 +16,15 @@ from typing import Any
 import ml_collections
 from flax import nnx
 
-from ssd_jax import checkpointing, parallel
+from ssd_jax import builders, checkpointing, parallel
 from ssd_jax import train_step as train_lib
-from ssd_jax import training_loop
+from ssd_jax.config import Settings
 
 
 @dataclasses.dataclass
 class RestoredRun:
     config: ml_collections.ConfigDict
+    settings: Settings
     model: nnx.Module  # the freshly built module (structure and prior spec)
     graphdef: Any
     params: Any
@@ -40,6 +41,11 @@ def load_run_config(workdir: str) -> ml_collections.ConfigDict:
         raise FileNotFoundError(f"{path} not found: is {workdir!r} the workdir of a training run?")
     with open(path) as f:
         return ml_collections.ConfigDict(json.load(f))
+
+
+def load_run_settings(workdir: str) -> Settings:
+    """The validated settings of the run in ``workdir`` (from its ``config.json``)."""
+    return Settings.from_config(load_run_config(workdir))
 
 
 def checkpoint_steps(workdir: str) -> list[int]:
@@ -87,10 +93,11 @@ def restore_run(workdir: str, step: int | None = None) -> RestoredRun:
     by default) onto the devices of this process."""
     workdir = os.path.abspath(workdir)
     config = load_run_config(workdir)
-    _, eval_source = training_loop.build_sources(config)
-    model = training_loop.build_model(config, eval_source.num_classes, nnx.Rngs(config.seed))
-    tx, _ = train_lib.make_optimizer(training_loop.optim_config(config))
-    graphdef, state = train_lib.create_train_state(model, tx, config.seed)
+    settings = Settings.from_config(config)  # the same checks as when it trained
+    _, eval_source = builders.build_sources(settings.data)
+    model = builders.build_model(settings.model, eval_source.num_classes, nnx.Rngs(settings.run.seed))
+    tx, _ = train_lib.make_optimizer(settings.optim)
+    graphdef, state = train_lib.create_train_state(model, tx, settings.run.seed)
     mesh = parallel.make_mesh()
     state = parallel.replicate(state, mesh)
     ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), save_every=1, keep=None)
@@ -103,5 +110,5 @@ def restore_run(workdir: str, step: int | None = None) -> RestoredRun:
         state = ckpt.restore(step, state, None)
     finally:
         ckpt.close()
-    return RestoredRun(config, model, graphdef, state.params, state.model_state, int(state.step),
+    return RestoredRun(config, settings, model, graphdef, state.params, state.model_state, int(state.step),
                        eval_source, mesh)

@@ -23,7 +23,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import ml_collections
 
-from ssd_jax import config_cli
+from ssd_jax import config as config_lib
 
 Point = dict  # {config key: value}
 
@@ -61,13 +61,9 @@ def point_name(point: Mapping[str, Any]) -> str:
 def load_sweep(spec: str) -> tuple[ml_collections.ConfigDict, list[Point]]:
     """``experiments/<sweep>.py[:arg]`` -> (base config, points), with every point's keys
     checked against the config (a typo is an error before anything runs)."""
-    base = config_cli.load_config(spec)
+    module, arg = config_lib.load_module(spec)
     path = spec.partition(":")[0]
-    import importlib.util
-
-    module_spec = importlib.util.spec_from_file_location("ssd_jax_sweep_" + os.path.basename(path)[:-3], path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
+    base = config_lib.config_of(module, arg, path)
     if not hasattr(module, "get_sweep"):
         raise AttributeError(f"{path} has no get_sweep(): it is an experiment, not a sweep")
     points = list(module.get_sweep())
@@ -85,7 +81,7 @@ def apply_point(base: ml_collections.ConfigDict, point: Mapping[str, Any]) -> ml
     """A copy of ``base`` with the point's overrides (typed like ``--config.x=v``)."""
     config = ml_collections.ConfigDict(base.to_dict())
     overrides = [(k, json.dumps(v) if not isinstance(v, str) else v) for k, v in point.items()]
-    config = config_cli.apply_overrides(config, overrides)
+    config = config_lib.apply_overrides(config, overrides)
     config.name = f"{base.name}/{point_name(point)}"
     return config
 

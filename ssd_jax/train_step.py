@@ -20,7 +20,7 @@ float32 outputs; :func:`~ssd_jax.losses.multibox_loss` casts), and parameters st
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping
 
 import flax
 import jax
@@ -31,6 +31,7 @@ from flax import nnx
 
 from ssd_jax import losses, matching
 from ssd_jax.models import ssd as ssd_lib
+from ssd_jax.schema import Section
 
 Array = jax.Array
 Batch = Mapping[str, Array]
@@ -56,8 +57,9 @@ class TrainState:
 
 
 @dataclasses.dataclass(frozen=True)
-class OptimConfig:
-    """Optimiser and learning-rate schedule.
+class OptimConfig(Section):
+    """Optimiser and learning-rate schedule (the ``optim`` section of an experiment;
+    ``batch_size`` and ``total_steps`` come from ``data.batch_size`` and ``num_steps``).
 
     Attributes:
       optimizer: ``"sgd"`` (momentum, the paper) or ``"adamw"``.
@@ -89,6 +91,8 @@ class OptimConfig:
     weight_decay: float = 5e-4
     grad_clip: float = 0.0
 
+    DERIVED = ("batch_size", "total_steps")
+
     def __post_init__(self):
         if self.optimizer not in ("sgd", "adamw"):
             raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
@@ -102,6 +106,10 @@ class OptimConfig:
             raise ValueError(f"decay_steps must be increasing, got {self.decay_steps}")
         if self.decay_steps and self.decay_steps[0] <= self.warmup_steps:
             raise ValueError(f"decay_steps {self.decay_steps} must come after the warmup ({self.warmup_steps} steps)")
+        if min(self.decay_factor, self.cosine_final_factor, self.warmup_init_factor) < 0:
+            raise ValueError("decay_factor, cosine_final_factor and warmup_init_factor must be >= 0")
+        if self.momentum < 0 or self.weight_decay < 0 or self.grad_clip < 0:
+            raise ValueError("momentum, weight_decay and grad_clip must be >= 0")
 
     @property
     def peak_lr(self) -> float:
@@ -180,13 +188,28 @@ def create_train_state(model: nnx.Module, tx: optax.GradientTransformation, seed
 
 
 @dataclasses.dataclass(frozen=True)
-class LossConfig:
-    """Matching and loss settings (paper defaults)."""
+class LossConfig(Section):
+    """Matching and loss settings (the ``loss`` section of an experiment; paper defaults).
+
+    Attributes:
+      iou_threshold: a prior matches a truth box at this IoU or above (besides each box's best prior).
+      neg_pos_ratio: hard negatives kept per positive.
+      alpha: weight of the localisation loss.
+      variances: the box coder's ``(centre, size)`` variances.
+    """
 
     iou_threshold: float = 0.5
     neg_pos_ratio: float = 3.0
     alpha: float = 1.0
     variances: tuple[float, float] = (0.1, 0.2)
+
+    def __post_init__(self):
+        if not 0.0 < self.iou_threshold <= 1.0:
+            raise ValueError(f"loss.iou_threshold must be in (0, 1], got {self.iou_threshold}")
+        if self.neg_pos_ratio < 0 or self.alpha < 0:
+            raise ValueError(f"loss.neg_pos_ratio and loss.alpha must be >= 0, got {self.neg_pos_ratio}, {self.alpha}")
+        if len(self.variances) != 2 or min(self.variances) <= 0:
+            raise ValueError(f"loss.variances must be two positive numbers, got {self.variances}")
 
 
 def make_train_step(

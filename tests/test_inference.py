@@ -7,6 +7,7 @@ import pytest
 from ssd_jax import inference, postprocess, visualize
 from ssd_jax.data import builtin, pipeline
 from ssd_jax.evaluation import from_source, voc
+from ssd_jax.evaluation import loop as eval_loop
 from ssd_jax.evaluation.types import GroundTruth, ImageDetections
 
 
@@ -50,7 +51,7 @@ def test_evaluate_loop_counts_images_and_reports_rate(tiny_source):
         batch = next(b for b in batches if b["image"] is images)
         return _oracle(batch["boxes"], batch["labels"])(params, model_state, images)
 
-    metrics, rate = inference.evaluate(predict, None, None, batches,
+    metrics, rate = eval_loop.evaluate_batches(predict, None, None, batches,
                                        from_source.make_evaluator(tiny_source, "coco"), tiny_source,
                                        progress=seen.append)
     assert seen == [2, 4, 5]

@@ -30,11 +30,11 @@ def test_sweep_files_in_experiments_load():
     assert config.name.endswith("lr=0.016_neg_pos_ratio=3")
     assert base.optim.lr != 0.016  # the base is not changed
     # the GPU recipe search keeps the demo as it was when it ran (depth 1, crops)
-    base, points = sweep.load_sweep("experiments/sweep_demo_recipe.py")
+    base, points = sweep.load_sweep("research/sweep_demo_recipe.py")
     assert len(points) == 12 and (base.model.depth, base.data.crop) == (1, True)
     deep = sweep.apply_point(base, points[5])
     assert (deep.num_steps, deep.model.depth, deep.model.top_down, deep.eval_every) == (2900, 2, True, 725)
-    base, points = sweep.load_sweep("experiments/sweep_demo_capacity.py")
+    base, points = sweep.load_sweep("research/sweep_demo_capacity.py")
     assert len(points) == 4 and all(sweep.apply_point(base, p).data.crop is False for p in points)
     _, points = sweep.load_sweep("experiments/sweep_ssd300_voc.py")
     assert len(points) == 6

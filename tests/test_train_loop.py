@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from ssd_jax import checkpointing, training_loop
-from ssd_jax import train as train_lib
+from ssd_jax import builders, checkpointing, training_loop
+from ssd_jax import train_step as train_lib
+from ssd_jax.config import Settings
 from ssd_jax.metric_writers import read_metrics
 from ssd_jax.models import params_io
 
@@ -110,8 +111,9 @@ def test_divergence_never_reaches_a_checkpoint(cache_dir, tmp_path):
     steps = ckpt.all_steps()
     # Finite-but-huge weights (a loss that is still finite) may be saved; inf/NaN never are.
     assert info.value.step >= 3 and steps[:2] == [1, 2] and steps[-1] == info.value.step - 1
-    model = training_loop.build_model(config, 10, nnx.Rngs(0))
-    _, template = train_lib.create_train_state(model, train_lib.make_optimizer(training_loop.optim_config(config))[0])
+    settings = Settings.from_config(config)
+    model = builders.build_model(settings.model, 10, nnx.Rngs(0))
+    _, template = train_lib.create_train_state(model, train_lib.make_optimizer(settings.optim)[0])
     for s in steps:
         restored = ckpt.restore(s, template, None)
         assert all(np.isfinite(x).all() for x in jax.tree.leaves(jax.device_get(restored)))
@@ -232,7 +234,7 @@ def test_sigterm_to_one_of_two_hosts_stops_both_at_one_checkpoint(cache_dir, tmp
     import subprocess
     import sys
 
-    training_loop.build_sources(tiny_config(cache_dir))  # generate the data once, before the hosts
+    builders.build_sources(Settings.from_config(tiny_config(cache_dir)).data)  # generate the data once, before the hosts
     workdir = str(tmp_path / "run")
     procs = _two_hosts(_TRAIN_HOST, tmp_path, [str(cache_dir), workdir])
     deadline = time.time() + 180
@@ -275,18 +277,16 @@ cache, workdir, root = sys.argv[3:6]
 sys.path.insert(0, root)
 from tests._train_helpers import tiny_config
 from tests.test_train_loop import _Recorder
-from ssd_jax import inference, restore, training_loop
-from ssd_jax.data import pipeline
+from ssd_jax import builders, restore, training_loop
+from ssd_jax.evaluation import loop as eval_loop
 c = tiny_config(cache, num_steps=2, checkpoint_every=2, eval_max_images=0, **{"data.builtin_num_val": 5})
 c.eval_at_end = True
 r = training_loop.train_and_evaluate(c, workdir)  # trains, then evaluates on both hosts
 run = restore.restore_run(workdir)
-pcfg = pipeline.PipelineConfig(image_size=run.model.spec.image_size, batch_size=2, max_boxes=c.data.max_boxes,
-                               augment=None, normalization=training_loop.input_normalization(c.model.name))
+pcfg = builders.eval_pipeline_config(run.settings, run.model.spec.image_size, 2)
 rec = _Recorder()
-training_loop.evaluate(inference.make_predict_fn(run.graphdef, run.model.spec),
-                       types.SimpleNamespace(params=run.params, model_state=run.model_state),
-                       run.eval_source, pcfg, run.mesh, rec)
+eval_loop.evaluate(builders.build_predict_fn(run.graphdef, run.model.spec, run.settings), run.params,
+                   run.model_state, run.eval_source, pcfg, run.mesh, rec)
 print("RESULT", json.dumps({"eval": r["eval"], "seen": rec.seen}), flush=True)
 """
 
@@ -298,7 +298,7 @@ def test_evaluation_on_two_hosts_equals_one_host(cache_dir, tmp_path):
     # checkpoint.
     import json
 
-    training_loop.build_sources(tiny_config(cache_dir, **{"data.builtin_num_val": 5}))
+    builders.build_sources(Settings.from_config(tiny_config(cache_dir, **{"data.builtin_num_val": 5})).data)
     workdir = str(tmp_path / "run")
     procs = _two_hosts(_EVAL_HOST, tmp_path, [str(cache_dir), workdir])
     outs = _finish(procs, 180)
@@ -309,18 +309,14 @@ def test_evaluation_on_two_hosts_equals_one_host(cache_dir, tmp_path):
     assert results[0] == results[1]  # the same metrics and detections on both hosts
     assert results[0]["eval"]["num_images"] == 5.0  # the loop's own evaluation saw every val image once
 
-    from types import SimpleNamespace
-
-    from ssd_jax import inference, restore
-    from ssd_jax.data import pipeline
+    from ssd_jax import restore
+    from ssd_jax.evaluation import loop as eval_loop
 
     run = restore.restore_run(workdir)  # this process: one host
-    pcfg = pipeline.PipelineConfig(image_size=run.model.spec.image_size, batch_size=4, max_boxes=run.config.data.max_boxes,
-                                   augment=None, normalization=training_loop.input_normalization(run.config.model.name))
+    pcfg = builders.eval_pipeline_config(run.settings, run.model.spec.image_size, 4)
     rec = _Recorder()
-    training_loop.evaluate(inference.make_predict_fn(run.graphdef, run.model.spec),
-                           SimpleNamespace(params=run.params, model_state=run.model_state), run.eval_source, pcfg,
-                           run.mesh, rec)
+    eval_loop.evaluate(builders.build_predict_fn(run.graphdef, run.model.spec, run.settings), run.params,
+                       run.model_state, run.eval_source, pcfg, run.mesh, rec)
     two = results[0]["seen"]
     assert sorted(two) == sorted(rec.seen) and len(two) == len(run.eval_source)
     for image_id, (n, total) in rec.seen.items():
@@ -348,7 +344,7 @@ def test_sigterm_saves_a_checkpoint_and_stops(cache_dir, tmp_path):
 
 def test_init_from_a_converted_checkpoint(cache_dir, tmp_path):
     config = tiny_config(cache_dir, num_steps=1, checkpoint_every=1)
-    donor = training_loop.build_model(config, 10, nnx.Rngs(123))
+    donor = builders.build_model(Settings.from_config(config).model, 10, nnx.Rngs(123))
     flat = params_io.flatten(nnx.to_pure_dict(nnx.state(donor, nnx.Param)))
     params_io.save_converted(str(tmp_path / "conv"), flat, {"source": "test", "model": "tiny_cnn", "num_classes": 10})
     config.init_from = str(tmp_path / "conv")
@@ -400,6 +396,6 @@ def test_config_checks_are_clear():
     from experiments.ssd300_vgg16_voc import get_config
 
     with pytest.raises(ValueError, match="needs data.voc_root"):
-        training_loop.check_config(get_config())
+        Settings.from_config(get_config())
     with pytest.raises(ValueError, match="needs data.coco_train_json"):
-        training_loop.check_config(coco_config())
+        Settings.from_config(coco_config())

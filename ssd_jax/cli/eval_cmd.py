@@ -44,40 +44,31 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--batch-size", type=int, default=0, help="default: the run's global batch size")
     args = parser.parse_args(argv)
 
-    import jax
     from tqdm import tqdm
 
-    from ssd_jax import inference, parallel, restore, training_loop
-    from ssd_jax.data import pipeline
-    from ssd_jax.evaluation import from_source, plots
+    from ssd_jax import builders, restore
+    from ssd_jax.evaluation import loop as eval_loop
+    from ssd_jax.evaluation import plots
 
     step = args.step
     if args.best:
-        key = "AP" if restore.load_run_config(args.workdir).eval.metric == "coco" else "mAP"
-        step, score = restore.best_step(args.workdir, key)
-        print(f"best kept checkpoint: step {step} (recorded {key} {score:.4f})")
+        settings = restore.load_run_settings(args.workdir)
+        step, score = restore.best_step(args.workdir, settings.eval.best_key)
+        print(f"best kept checkpoint: step {step} (recorded {settings.eval.best_key} {score:.4f})")
     run = restore.restore_run(args.workdir, step)
-    config, source = run.config, run.eval_source
+    config, settings, source = run.config, run.settings, run.eval_source
     if args.max_images:
         source = dataclasses.replace(source, records=tuple(source.records[: args.max_images]))
-    metric = args.metric or config.eval.metric
-    evaluator = from_source.make_evaluator(source, metric, use_07_metric=config.eval.use_07_metric)
-    predict = inference.make_predict_fn(
-        run.graphdef, run.model.spec, score_threshold=config.eval.score_threshold,
-        nms_iou=config.eval.nms_iou, max_detections=config.eval.max_detections,
-    )
+    metric = args.metric or settings.eval.metric
+    evaluator = builders.build_evaluator(source, settings.eval, metric)
+    predict = builders.build_predict_fn(run.graphdef, run.model.spec, settings)
     devices = run.mesh.devices.size
-    batch = args.batch_size or config.data.batch_size
+    batch = args.batch_size or settings.data.batch_size
     batch = -(-batch // devices) * devices  # a multiple of the device count
-    pcfg = pipeline.PipelineConfig(image_size=run.model.spec.image_size, batch_size=batch,
-                                   max_boxes=config.data.max_boxes, augment=None,
-                                   normalization=training_loop.input_normalization(config.model.name))
-    sharding = parallel.data_sharding(run.mesh)
+    pcfg = builders.eval_pipeline_config(settings, run.model.spec.image_size, batch)
     bar = tqdm(total=len(source), desc=f"eval step {run.step}", unit="img", dynamic_ncols=True)
-    metrics, rate = inference.evaluate(
-        predict, run.params, run.model_state, pipeline.eval_dataset(source, pcfg), evaluator, source,
-        progress=lambda done: bar.update(done - bar.n), shard=lambda x: jax.device_put(x, sharding),
-    )
+    metrics, rate = eval_loop.evaluate(predict, run.params, run.model_state, source, pcfg, run.mesh, evaluator,
+                                       progress=lambda done: bar.update(done - bar.n))
     bar.close()
     print(f"{config.name}: {run.model.name}, checkpoint step {run.step}, {len(source)} images of "
           f"{source.name or 'the eval split'}, {metric} metric, {devices} device(s), "

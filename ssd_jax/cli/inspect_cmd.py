@@ -14,7 +14,6 @@ and that cell's receptive field, on a blank canvas or on ``--image`` resized to 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import math
 
 from ssd_jax import anchors
@@ -125,31 +124,6 @@ def draw(model, path: str, image_path: str | None = None) -> None:
     plt.close(fig)
 
 
-def _load_config(path: str):
-    spec = importlib.util.spec_from_file_location("inspect_config", path)
-    if spec is None or spec.loader is None:
-        raise SystemExit(f"cannot load config {path}")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    if not hasattr(mod, "get_config"):
-        raise SystemExit(f"config {path} has no get_config()")
-    return mod.get_config()
-
-
-def _cfg_get(cfg, *keys, default=None):
-    """First of ``keys`` (dotted paths) present in a dict / ConfigDict / object."""
-    for key in keys:
-        node = cfg
-        try:
-            for part in key.split("."):
-                node = node[part] if isinstance(node, dict) else getattr(node, part)
-        except (KeyError, AttributeError, TypeError):
-            continue
-        if node is not None:
-            return node
-    return default
-
-
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="launch.py inspect", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
@@ -157,7 +131,7 @@ def main(argv: list[str]) -> int:
         help=f"prior preset, one of {sorted(anchors.PRESETS)} or 'all' (default SSD300_VOC; with --model: its priors)",
     )
     parser.add_argument("--model", default=None, help="model name (ssd300_vgg16, ssd512_vgg16, ssdlite_mobilenetv2, ssdlite_mobilenetv3, ssd_compact)")
-    parser.add_argument("--config", default=None, help="python file with get_config(): reads model.name / model.image_size / model.width / model.depth / model.top_down / model.priors / num_classes")
+    parser.add_argument("--config", default=None, help="an experiment (file[:arg] or module): its model section (name, image_size, width, depth, top_down)")
     parser.add_argument("--image-size", type=int, default=None, help="input size (SSDLite models: default 320; ssd_compact: 160)")
     parser.add_argument("--width", type=float, default=1.0, help="width multiplier (SSDLite models, ssd_compact)")
     parser.add_argument("--num-classes", type=int, default=20, help="object classes (background excluded)")
@@ -168,16 +142,15 @@ def main(argv: list[str]) -> int:
     model_name, image_size, width, num_classes, priors = args.model, args.image_size, args.width, args.num_classes, args.priors
     depth, top_down = 1, False
     if args.config:
-        cfg = _load_config(args.config)
-        model_name = model_name or _cfg_get(cfg, "model.name", "model_name", "model")
-        image_size = image_size or _cfg_get(cfg, "model.image_size", "image_size", "data.image_size")
-        width = _cfg_get(cfg, "model.width", default=width)
-        depth = _cfg_get(cfg, "model.depth", default=1)
-        top_down = _cfg_get(cfg, "model.top_down", default=False)
-        num_classes = _cfg_get(cfg, "num_classes", "model.num_classes", "data.num_classes", default=num_classes)
-        priors = priors or _cfg_get(cfg, "model.priors", "priors")
-        if not isinstance(model_name, str):
-            parser.error(f"config {args.config}: no model name found (model.name)")
+        from ssd_jax import config as config_lib
+
+        try:
+            model_cfg = config_lib.Settings.from_config(config_lib.load_config(args.config)).model
+        except (ValueError, FileNotFoundError, AttributeError, TypeError) as e:
+            parser.error(f"config {args.config}: {e}")
+        model_name = model_name or model_cfg.name
+        image_size = image_size or model_cfg.image_size
+        width, depth, top_down = model_cfg.width, model_cfg.depth, model_cfg.top_down
 
     if model_name is None:
         if args.draw:

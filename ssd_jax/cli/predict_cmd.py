@@ -34,17 +34,14 @@ def main(argv: list[str]) -> int:
     import jax
     from PIL import Image
 
-    from ssd_jax import inference, restore, training_loop, visualize
+    from ssd_jax import builders, inference, restore, visualize
     from ssd_jax.data import transforms
 
     run = restore.restore_run(args.workdir, args.step)
-    config, source = run.config, run.eval_source
+    source = run.eval_source
     size = run.model.spec.image_size
-    norm = training_loop.input_normalization(config.model.name)
-    predict = inference.make_predict_fn(
-        run.graphdef, run.model.spec, score_threshold=config.eval.score_threshold,
-        nms_iou=config.eval.nms_iou, max_detections=config.eval.max_detections,
-    )
+    norm = builders.input_normalization(run.settings.model.name)
+    predict = builders.build_predict_fn(run.graphdef, run.model.spec, run.settings)
     os.makedirs(args.output, exist_ok=True)
     results = []
     for path in args.images:

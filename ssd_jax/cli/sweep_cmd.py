@@ -17,7 +17,8 @@ import logging
 import os
 import sys
 
-from ssd_jax import config_cli, sweep
+from ssd_jax import config as config_lib
+from ssd_jax import sweep
 
 
 def main(argv: list[str]) -> int:
@@ -52,8 +53,8 @@ def main(argv: list[str]) -> int:
         for arg in rest:
             if not arg.startswith("--config."):
                 parser.error(f"unrecognized argument {arg!r}")
-            overrides.append(config_cli.parse_override(arg))
-        base = config_cli.apply_overrides(base, overrides)
+            overrides.append(config_lib.parse_override(arg))
+        base = config_lib.apply_overrides(base, overrides)
     except (KeyError, ValueError, FileNotFoundError, AttributeError, TypeError) as e:
         print(f"launch.py sweep: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
         return 2

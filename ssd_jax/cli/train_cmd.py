@@ -2,7 +2,9 @@
 
     python launch.py train [--config=experiments/<name>.py[:arg]] [--workdir=DIR] [--config.<key>=<value> ...]
 
-With no ``--config`` the built-in dataset demo (``experiments/demo.py``) runs. Overrides are
+With no ``--config`` the built-in dataset demo (``experiments/demo.py``) runs. ``--config``
+takes a file (``experiments/<name>.py``, or any file defining ``get_config``) or a module
+of the ``experiments`` package (``experiments.demo``), with ``:arg`` for ``get_config(arg)``. Overrides are
 typed by the field they replace; an unknown key is an error. ``--config.runlocal=True``
 rebuilds the config with ``get_config("runlocal")`` (a small smoke-test run) before the
 other overrides apply. The default workdir is ``runs/<config.name>``; a workdir holding
@@ -16,9 +18,9 @@ import logging
 import os
 import sys
 
-from ssd_jax import config_cli
+from ssd_jax import config as config_lib
 
-DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "experiments", "demo.py")
+DEFAULT_CONFIG = "experiments.demo"
 
 
 def parse_args(argv: list[str]):
@@ -28,19 +30,19 @@ def parse_args(argv: list[str]):
     parser.add_argument("--config", default=DEFAULT_CONFIG, help="experiment file[:arg] (default: the built-in demo)")
     parser.add_argument("--workdir", default=None, help="run folder (default runs/<config.name>)")
     parser.add_argument("--print_config", action="store_true", help="print the resolved config and exit")
-    overrides_text = [a for a in argv if a.startswith(config_cli.PREFIX)]
-    rest = [a for a in argv if not a.startswith(config_cli.PREFIX)]
+    overrides_text = [a for a in argv if a.startswith(config_lib.PREFIX)]
+    rest = [a for a in argv if not a.startswith(config_lib.PREFIX)]
     args = parser.parse_args(rest)
-    overrides = [config_cli.parse_override(a) for a in overrides_text]
+    overrides = [config_lib.parse_override(a) for a in overrides_text]
     config_spec = args.config
     runlocal = [v for k, v in overrides if k == "runlocal"]
-    if runlocal and config_cli.parse_value(runlocal[-1], False):
+    if runlocal and config_lib.parse_value(runlocal[-1], False):
         path, _, arg = config_spec.partition(":")
         if arg and arg != "runlocal":
             raise ValueError(f"--config.runlocal=True conflicts with the config argument {arg!r}")
         config_spec = f"{path}:runlocal"
-    config = config_cli.load_config(config_spec)
-    config_cli.apply_overrides(config, [(k, v) for k, v in overrides if k != "runlocal"])
+    config = config_lib.load_config(config_spec)
+    config_lib.apply_overrides(config, [(k, v) for k, v in overrides if k != "runlocal"])
     workdir = args.workdir or os.path.join("runs", config.name)
     return config, workdir, args
 
@@ -60,7 +62,7 @@ def main(argv: list[str]) -> int:
     from ssd_jax import training_loop
 
     try:
-        training_loop.check_config(config)
+        config_lib.Settings.from_config(config).check_paths()
     except ValueError as e:
         print(f"launch.py train: {e}", file=sys.stderr)
         return 2

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from ssd_jax.data.coco import coco_source
+from ssd_jax import runtime
 from ssd_jax.data.records import Source
 
 #: Class names; label ``l`` is ``BUILTIN_CLASSES[l - 1]`` (COCO category id ``l``).
@@ -91,11 +92,6 @@ class BuiltinSpec:
 
     def num_images(self, split: str) -> int:
         return {"train": self.num_train, "val": self.num_val}[split]
-
-
-def default_cache_dir() -> str:
-    """``$SSD_JAX_CACHE`` if set, else ``~/.cache/ssd_jax``."""
-    return os.environ.get("SSD_JAX_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "ssd_jax")
 
 
 # ---------------------------------------------------------------------------- assets
@@ -349,11 +345,11 @@ def builtin_dataset_dir(
 
     Args:
       spec: what to generate.
-      cache_dir: parent folder; default :func:`default_cache_dir`.
+      cache_dir: parent folder; default :func:`ssd_jax.runtime.cache_dir`.
       workers: generator processes (0: in this process); default ``min(4, usable CPUs)``.
       progress: show a progress bar while generating.
     """
-    cache_dir = cache_dir or default_cache_dir()
+    cache_dir = cache_dir or runtime.cache_dir()
     final = os.path.join(cache_dir, spec.dirname)
     if os.path.isdir(final):
         return final

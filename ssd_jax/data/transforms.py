@@ -40,6 +40,8 @@ from typing import Sequence
 
 import numpy as np
 
+from ssd_jax.schema import Section
+
 Arrays = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 #: The crop choices of the SSD paper: ``None`` = keep the whole image.
@@ -372,8 +374,21 @@ def network_input(image: np.ndarray, size: int, normalization: "Normalization") 
 
 
 @dataclasses.dataclass(frozen=True)
-class AugmentConfig:
-    """Parameters of :func:`ssd_augment` (defaults: the SSD paper's)."""
+class AugmentConfig(Section):
+    """Parameters of :func:`ssd_augment` (defaults: the SSD paper's). Built from the
+    ``data`` section of an experiment, whose keys have these names.
+
+    Attributes:
+      photometric: apply :func:`photometric_distort` (brightness ``+-brightness``, contrast
+        and saturation factors in the given ranges, hue ``+-hue`` degrees, each with
+        probability ``photometric_p``).
+      expand_p, max_expand: zoom out (place the image on a canvas up to ``max_expand``
+        times its size, filled with the mean) with probability ``expand_p``.
+      crop: the min-IoU random crop; ``crop_min_ious`` are its minimum-IoU options beside
+        "keep the whole image" (``min_ious``); patches of scale ``min_scale``-``max_scale``
+        and aspect ``min_aspect``-``max_aspect``, ``max_trials`` tries.
+      flip_p: horizontal flip probability.
+    """
 
     photometric: bool = True
     brightness: float = 32.0
@@ -383,13 +398,40 @@ class AugmentConfig:
     photometric_p: float = 0.5
     expand_p: float = 0.5
     max_expand: float = 4.0
-    min_ious: tuple[float | None, ...] = SSD_MIN_IOUS
+    crop: bool = True
+    crop_min_ious: tuple[float, ...] = tuple(v for v in SSD_MIN_IOUS if v is not None)
     min_scale: float = 0.3
     max_scale: float = 1.0
     min_aspect: float = 0.5
     max_aspect: float = 2.0
     max_trials: int = 50
     flip_p: float = 0.5
+
+    def __post_init__(self):
+        for name in ("photometric_p", "expand_p", "flip_p"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"data.{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.max_expand < 1.0:
+            raise ValueError(f"data.max_expand must be >= 1, got {self.max_expand}")
+        for name in ("contrast", "saturation"):
+            lo, hi = getattr(self, name)
+            if not 0.0 <= lo <= hi:
+                raise ValueError(f"data.{name} must be a range (lo, hi) with 0 <= lo <= hi, got {getattr(self, name)}")
+        if self.brightness < 0 or self.hue < 0:
+            raise ValueError(f"data.brightness and data.hue must be >= 0, got {self.brightness}, {self.hue}")
+        if not all(0.0 <= v <= 1.0 for v in self.crop_min_ious):
+            raise ValueError(f"data.crop_min_ious must lie in [0, 1], got {self.crop_min_ious}")
+        if not 0.0 < self.min_scale <= self.max_scale <= 1.0:
+            raise ValueError(f"data.min_scale/max_scale must satisfy 0 < min <= max <= 1, got {self.min_scale}, {self.max_scale}")
+        if not 0.0 < self.min_aspect <= self.max_aspect:
+            raise ValueError(f"data.min_aspect/max_aspect must satisfy 0 < min <= max, got {self.min_aspect}, {self.max_aspect}")
+        if self.max_trials < 1:
+            raise ValueError(f"data.max_trials must be >= 1, got {self.max_trials}")
+
+    @property
+    def min_ious(self) -> tuple[float | None, ...]:
+        """The crop's options: ``None`` (keep the whole image), then each minimum IoU."""
+        return (None, *self.crop_min_ious) if self.crop else (None,)
 
 
 def ssd_augment(

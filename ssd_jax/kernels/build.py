@@ -51,9 +51,9 @@ def _cpu_flags() -> str:
 
 
 def cache_dir() -> Path:
-    from ssd_jax.data.builtin import default_cache_dir
+    from ssd_jax import runtime
 
-    return Path(default_cache_dir()) / "kernels"
+    return Path(runtime.cache_dir()) / "kernels"
 
 
 def library_path(cxx: str | None = None) -> Path:

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# The main job's recipe search (experiments/sweep_demo_recipe.py) on a lent GPU: generates
+# The main job's recipe search (research/sweep_demo_recipe.py) on a lent GPU: generates
 # the built-in dataset, runs the sweep's points PARALLEL at a time (each with WORKERS data
 # worker processes), stops whatever still runs at DEADLINE seconds, and packs every
 # point's metrics.jsonl + status.json and the sweep summary into OUT_DIR/sweep.tar.gz.
 #
-#   bash benchmarks/gpu_demo_sweep.sh [OUT_DIR]    (default: $OUT, else gpu_out)
+#   bash research/gpu_demo_sweep.sh [OUT_DIR]    (default: $OUT, else gpu_out)
 #   env: PARALLEL (4), WORKERS (3), DEADLINE (seconds, 500), POINTS ("0 1 2 ..." default all)
 #
 # Wheels the machine lacks go in .whl/ (see benchmarks/gpu.sh); jax and flax are the
@@ -22,16 +22,16 @@ if [ -z "${NO_WHEELS:-}" ] && compgen -G ".whl/*.whl" > /dev/null; then
 fi
 export PYTHONPATH="$PWD:${PYTHONPATH:-}" PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
 export SSD_JAX_CACHE="${SSD_JAX_CACHE:-/tmp/ssd_jax_cache}"
-SWEEP="${SWEEP:-experiments/sweep_demo_recipe.py}"
+SWEEP="${SWEEP:-research/sweep_demo_recipe.py}"
 WORK="${SWEEP_DIR:-/tmp/recipe}"
 PARALLEL="${PARALLEL:-4}" WORKERS="${WORKERS:-3}" DEADLINE="${DEADLINE:-500}"
 {
   date -u; nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>&1 | head -2; nproc
   "$PY" -c "import jax, flax; print('jax', jax.__version__, jax.devices(), 'flax', flax.__version__)"
   "$PY" -c "
-from experiments.sweep_demo_recipe import get_config
-from ssd_jax import training_loop
-tr, va = training_loop.build_sources(get_config())
+from research.sweep_demo_recipe import get_config
+from ssd_jax import builders, config
+tr, va = builders.build_sources(config.Settings.from_config(get_config()).data)
 print('dataset', len(tr), len(va))" || exit 1
   echo "setup done after $(( $(date +%s) - START )) s"
   POINTS="${POINTS:-$("$PY" launch.py sweep --config $SWEEP --list | awk '{print $1}')}"

@@ -1,9 +1,9 @@
 """What limits the demo: capacity, input resolution, or the crop augmentation? Four
 variants of ``experiments/demo.py`` at its 3,600 steps (not at equal CPU time), run on a
-lent GPU with ``SWEEP=experiments/sweep_demo_capacity.py bash benchmarks/gpu_demo_sweep.sh``;
-results in RESULTS.md, "The main job"."""
+lent GPU with ``SWEEP=research/sweep_demo_capacity.py bash research/gpu_demo_sweep.sh``;
+results in benchmarks/RESULTS.md."""
 
-from experiments.sweep_demo_recipe import _point, get_config  # noqa: F401 (get_config is the sweep's base)
+from research.sweep_demo_recipe import _point, get_config  # noqa: F401 (get_config is the sweep's base)
 
 
 def get_sweep():

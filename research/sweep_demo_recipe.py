@@ -5,11 +5,10 @@ so that it would take about as long as the demo's 3,600 steps on the 2-core CPU 
 factor is the point's step time over the demo's, measured on that CPU: top-down fusion
 1.0, depth 2 1.24, width 1.5 1.67, batch 8 0.5), plus two points with 2x and 4x the
 demo's compute that show how far more steps would go. Too slow to search on the CPU
-(~13 minutes a point), so ``benchmarks/gpu_demo_sweep.sh`` runs the points in parallel on
-a lent GPU; the winner is then checked on the CPU with the real command (RESULTS.md, "The
-main job").
+(~13 minutes a point), so ``research/gpu_demo_sweep.sh`` runs the points in parallel on
+a lent GPU; the winner is then checked on the CPU with the real command (benchmarks/RESULTS.md).
 
-    python launch.py sweep --config experiments/sweep_demo_recipe.py --workdir runs/recipe --list
+    python launch.py sweep --config research/sweep_demo_recipe.py --workdir runs/recipe --list
 """
 
 from experiments.demo import get_config as demo_config
@@ -18,7 +17,7 @@ from experiments.demo import get_config as demo_config
 def get_config(arg: str | None = None):
     c = demo_config(arg)
     c.name = "sweep_demo_recipe"
-    # The demo as it was when this search ran (2026-11-28), which its points change: the
+    # The demo as it was when this search ran, which its points change: the
     # search's result (depth 2, no crops) is what experiments/demo.py now trains.
     c.model.depth = 1
     c.data.crop = True

@@ -1,0 +1,127 @@
+"""From validated settings (:class:`ssd_jax.config.Settings`) to the objects a run uses.
+
+One place for every "config -> object" step, shared by training (:mod:`ssd_jax.training_loop`),
+``launch.py eval`` / ``predict`` (:mod:`ssd_jax.restore`), ``inspect`` and the benchmarks:
+the model, the input normalisation, the data sources, the input pipelines, the optimiser,
+the evaluator and the jitted predict function.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import jax.numpy as jnp
+from flax import nnx
+
+from ssd_jax.data import pipeline, transforms
+from ssd_jax.data.config import DataConfig
+from ssd_jax.data.records import Source
+from ssd_jax.evaluation.loop import EvalConfig
+from ssd_jax.models.config import TINY_NAME, ModelConfig
+
+logger = logging.getLogger(__name__)
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def build_model(model: ModelConfig, num_classes: int, rngs: nnx.Rngs) -> nnx.Module:
+    """The network of ``model`` with ``num_classes`` object classes (plus background).
+
+    Options of one family are ignored for the others (a config made for the demo can switch
+    ``model.name`` alone): ``width`` reaches the SSDLite models and ``ssd_compact`` only,
+    ``depth`` and ``top_down`` only ``ssd_compact``.
+    """
+    from ssd_jax.models import factory, layers, tiny
+
+    dtype = _DTYPES[model.compute_dtype]
+    conv = layers.resolve_conv_choices(model.conv_wgrad, model.cpu_kernels)
+    if model.name == TINY_NAME:
+        return tiny.build_tiny(num_classes, model.image_size, compute_dtype=dtype, conv=conv, rngs=rngs)
+    width = model.width if model.name in factory.WIDTH_MODELS else 1.0
+    compact = model.name == "ssd_compact"
+    return factory.build_model(model.name, num_classes, image_size=model.image_size, compute_dtype=dtype,
+                               width=width, layout=model.layout, depth=model.depth if compact else 1,
+                               top_down=model.top_down if compact else False, conv=conv, rngs=rngs)
+
+
+def input_normalization(model_name: str) -> transforms.Normalization:
+    """The pipeline normalisation (0-255 pixels) matching the model's input convention (RGB,
+    see :mod:`ssd_jax.models.preprocessing`)."""
+    from ssd_jax.models import factory, preprocessing
+
+    name = "torchvision" if model_name == TINY_NAME else factory.default_normalization(model_name)
+    conv = preprocessing.get_normalization(name)
+    return transforms.Normalization(mean=tuple(255.0 * v for v in conv.mean), std=tuple(255.0 * v for v in conv.std), bgr=False)
+
+
+def build_sources(data: DataConfig) -> tuple[Source, Source]:
+    """``(train_source, eval_source)`` of the ``data`` settings."""
+    if data.dataset == "builtin":
+        from ssd_jax.data import builtin
+
+        spec = builtin.BuiltinSpec(seed=0, num_train=data.builtin_num_train, num_val=data.builtin_num_val,
+                                   min_side=data.builtin_min_side, max_side=data.builtin_max_side)
+        cache = data.cache_dir or None
+        return (builtin.builtin_source("train", spec, cache, progress=False),
+                builtin.builtin_source("val", spec, cache, progress=False))
+    if data.dataset == "voc":
+        from ssd_jax.data import voc
+
+        pairs = lambda splits: [tuple(s.split("/")) for s in splits]  # noqa: E731
+        return voc.voc_source(data.voc_root, pairs(data.voc_train)), voc.voc_source(data.voc_root, pairs(data.voc_test_splits))
+    from ssd_jax.data import coco
+
+    # Crowd regions are kept as "difficult": training leaves them out (unless
+    # data.use_difficult), the COCO evaluator ignores detections on them.
+    # Real COCO has a few degenerate boxes: dropped (counted) rather than fatal.
+    kw = dict(crowd="difficult", invalid_boxes="drop")
+    return (coco.coco_source(data.coco_train_json, data.coco_train_images, **kw),
+            coco.coco_source(data.coco_val_json, data.coco_val_images, **kw))
+
+
+def train_pipeline_config(settings, image_size: int, batch_size: int) -> pipeline.PipelineConfig:
+    """The training input pipeline of ``settings`` (a :class:`ssd_jax.config.Settings`) for a
+    network of input side ``image_size``; ``batch_size`` is this process's share."""
+    d = settings.data
+    return pipeline.PipelineConfig(
+        image_size=image_size, batch_size=batch_size, max_boxes=d.max_boxes, seed=settings.run.seed,
+        num_workers=d.num_workers, use_difficult=d.use_difficult,
+        normalization=input_normalization(settings.model.name), augment=settings.augment,
+    )
+
+
+def eval_pipeline_config(settings, image_size: int, batch_size: int) -> pipeline.PipelineConfig:
+    """The evaluation pipeline (resize + normalise, no augmentation); ``batch_size`` is this
+    process's share."""
+    return pipeline.PipelineConfig(image_size=image_size, batch_size=batch_size, max_boxes=settings.data.max_boxes,
+                                   normalization=input_normalization(settings.model.name), augment=None)
+
+
+def build_evaluator(source: Source, eval_cfg: EvalConfig, metric: str | None = None):
+    """The evaluator of ``eval_cfg.metric`` (or ``metric``) over ``source``'s records."""
+    from ssd_jax.evaluation import from_source
+
+    return from_source.make_evaluator(source, metric or eval_cfg.metric, use_07_metric=eval_cfg.use_07_metric)
+
+
+def build_predict_fn(graphdef, spec, settings):
+    """Jitted ``predict(params, model_state, images) -> Detections`` with the run's eval
+    settings and box-coder variances."""
+    from ssd_jax import inference
+
+    e = settings.eval
+    return inference.make_predict_fn(graphdef, spec, score_threshold=e.score_threshold, nms_iou=e.nms_iou,
+                                     candidates_per_class=e.candidates_per_class,
+                                     max_detections=e.max_detections, variances=settings.loss.variances)
+
+
+def apply_init_from(model: nnx.Module, path: str) -> list[str]:
+    """Load a converted checkpoint's parameters (and batch-norm state) into ``model``."""
+    from ssd_jax.models import params_io
+
+    converted = params_io.load_converted(path)
+    set_paths = params_io.assign(model, converted.params)
+    if converted.model_state:
+        set_paths += params_io.assign(model, converted.model_state, variables=nnx.BatchStat)
+    logger.info("init_from %s: set %d variables (partial=%s)", path, len(set_paths), converted.meta.get("partial"))
+    return set_paths

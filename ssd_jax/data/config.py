@@ -1,0 +1,87 @@
+"""The ``data`` section of an experiment: which dataset, batch sizes, workers.
+
+The same section also holds the augmentation's keys
+(:class:`ssd_jax.data.transforms.AugmentConfig`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from ssd_jax.schema import Section
+
+DATASETS = ("builtin", "voc", "coco")
+_COCO_KEYS = ("coco_train_json", "coco_train_images", "coco_val_json", "coco_val_images")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig(Section):
+    """Dataset and input-pipeline settings.
+
+    Attributes:
+      dataset: ``builtin`` (generated on first use), ``voc`` or ``coco`` (any COCO-format JSON).
+      batch_size: the global batch, over all devices and hosts.
+      max_boxes: object slots per image (more objects are dropped, with a warning).
+      num_workers: grain worker processes (0: in the training process).
+      augment: the SSD augmentation (its settings: ``AugmentConfig``); False: resize only.
+      use_difficult: train on objects flagged difficult (VOC) or crowd (COCO).
+      cache_dir: where the built-in dataset is written ("" : the default cache folder).
+      builtin_num_train, builtin_num_val, builtin_min_side, builtin_max_side: the built-in
+        dataset's size and image sides.
+      voc_root: folder holding ``VOCdevkit/VOC2007`` and ``VOC2012`` (or the ``VOC20xx`` folders).
+      voc_train: training splits, ``"<year>/<set>"``; voc_test: the evaluation split(s).
+      coco_train_json, coco_train_images, coco_val_json, coco_val_images: a COCO-format
+        dataset, instances JSON and image folder per split.
+    """
+
+    dataset: str = "builtin"
+    batch_size: int = 32
+    max_boxes: int = 50
+    num_workers: int = 0
+    augment: bool = True
+    use_difficult: bool = False
+    cache_dir: str = ""
+    builtin_num_train: int = 5000
+    builtin_num_val: int = 500
+    builtin_min_side: int = 160
+    builtin_max_side: int = 320
+    voc_root: str = ""
+    voc_train: tuple[str, ...] = ("2007/trainval", "2012/trainval")
+    voc_test: tuple[str, ...] | str = "2007/test"
+    coco_train_json: str = ""
+    coco_train_images: str = ""
+    coco_val_json: str = ""
+    coco_val_images: str = ""
+
+    def __post_init__(self):
+        if self.dataset not in DATASETS:
+            raise ValueError(f"data.dataset must be one of {DATASETS}, got {self.dataset!r}")
+        if self.batch_size < 1 or self.max_boxes < 1:
+            raise ValueError(f"data.batch_size ({self.batch_size}) and data.max_boxes ({self.max_boxes}) must be positive")
+        if self.num_workers < 0:
+            raise ValueError(f"data.num_workers must be >= 0, got {self.num_workers}")
+        if self.builtin_num_train < 1 or self.builtin_num_val < 1 or not 0 < self.builtin_min_side <= self.builtin_max_side:
+            raise ValueError("data.builtin_num_train/num_val must be positive and 0 < builtin_min_side <= builtin_max_side")
+        for split in (*self.voc_train, *self.voc_test_splits):
+            if split.count("/") != 1:
+                raise ValueError(f"VOC splits look like '2007/trainval', got {split!r}")
+        if self.dataset == "voc" and not self.voc_root:
+            raise ValueError("data.dataset='voc' needs data.voc_root: --config.data.voc_root=/path/to/VOCdevkit")
+        if self.dataset == "coco":
+            for key in _COCO_KEYS:
+                if not getattr(self, key):
+                    raise ValueError(f"data.dataset='coco' needs data.{key}")
+
+    @property
+    def voc_test_splits(self) -> tuple[str, ...]:
+        return (self.voc_test,) if isinstance(self.voc_test, str) else tuple(self.voc_test)
+
+    def check_paths(self) -> None:
+        """ValueError naming the key when a dataset path this config reads does not exist."""
+        if self.dataset == "voc" and not os.path.isdir(self.voc_root):
+            raise ValueError(f"data.voc_root {self.voc_root!r} is not a folder")
+        if self.dataset == "coco":
+            for key in _COCO_KEYS:
+                if not os.path.exists(getattr(self, key)):
+                    raise ValueError(f"data.{key} {getattr(self, key)!r} does not exist")

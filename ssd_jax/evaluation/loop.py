@@ -1,0 +1,165 @@
+"""The evaluation loop: predictions over an eval split into an evaluator, on one or many hosts.
+
+:func:`evaluate` is what training's periodic evaluation, ``launch.py eval`` and the
+benchmarks run: the split's batches go through a jitted ``predict`` (see
+:func:`ssd_jax.inference.make_predict_fn`) with the images split over the mesh's data axis,
+and every detection reaches the evaluator (:mod:`ssd_jax.evaluation.evaluator`). With
+several processes each reads and predicts its shard of the images, and every batch's
+detections are gathered to all hosts, so every host computes the same metrics.
+:func:`evaluate_batches` is its inner loop over ready batches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Callable, Iterable, Mapping
+
+import jax
+import numpy as np
+
+from ssd_jax.data.records import Source
+from ssd_jax.schema import Section
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig(Section):
+    """The ``eval`` section of an experiment (defaults: the paper's and torchvision's).
+
+    Attributes:
+      metric: ``voc`` (AP at IoU 0.5) or ``coco`` (AP over IoU 0.5:0.95, pycocotools-identical).
+      use_07_metric: VOC: the 11-point AP of VOC2007 (False: the area under the curve).
+      score_threshold: detections scoring below are dropped before NMS.
+      nms_iou: per-class NMS IoU.
+      candidates_per_class: top-scoring boxes per class that enter NMS.
+      max_detections: detections kept per image.
+    """
+
+    metric: str = "voc"
+    use_07_metric: bool = True
+    score_threshold: float = 0.01
+    nms_iou: float = 0.45
+    candidates_per_class: int = 400
+    max_detections: int = 200
+
+    def __post_init__(self):
+        if self.metric not in ("voc", "coco"):
+            raise ValueError(f"eval.metric must be 'voc' or 'coco', got {self.metric!r}")
+        if not 0.0 <= self.score_threshold < 1.0 or not 0.0 < self.nms_iou <= 1.0:
+            raise ValueError(f"eval.score_threshold must be in [0, 1) and eval.nms_iou in (0, 1], "
+                             f"got {self.score_threshold}, {self.nms_iou}")
+        if self.candidates_per_class < 1 or self.max_detections < 1:
+            raise ValueError("eval.candidates_per_class and eval.max_detections must be positive")
+
+    @property
+    def best_key(self) -> str:
+        """The metric that ranks checkpoints: ``AP`` (COCO) or ``mAP`` (VOC)."""
+        return "AP" if self.metric == "coco" else "mAP"
+
+
+def evaluate_batches(
+    predict: Callable,
+    params: Any,
+    model_state: Any,
+    batches: Iterable[Mapping[str, np.ndarray]],
+    evaluator: Any,
+    source: Source,
+    *,
+    progress: Callable[[int], None] | None = None,
+    shard: Callable[[np.ndarray], jax.Array] | None = None,
+    gather: Callable[[Any, Mapping[str, np.ndarray]], tuple[Any, np.ndarray, np.ndarray]] | None = None,
+) -> tuple[dict[str, float], float]:
+    """One pass of ``batches`` through ``predict`` into ``evaluator``.
+
+    Args:
+      predict: ``predict(params, model_state, images [B,S,S,3]) -> Detections``.
+      batches: eval batches with ``'image'``, ``'index'`` (record index, -1 for padding)
+        and ``'valid'``.
+      evaluator: has ``reset()``, ``add(image_ids, detections)`` and ``compute()``.
+      source: the records the batch indices refer to.
+      progress: called with the number of images done after each batch.
+      shard: places a batch of images on the devices (e.g. split over a mesh's data
+        axis); default: jit's placement.
+      gather: ``gather(detections, batch) -> (host detections, index, valid)`` for the
+        whole global batch (several hosts collect every host's share with it). Default:
+        this process's batch, ``jax.device_get``.
+
+    Returns:
+      ``(metrics, images_per_second)``; the rate counts real images over the wall time
+      after the first batch (which includes compilation), or over the whole pass when
+      there is only one batch.
+    """
+    evaluator.reset()
+    begin = time.perf_counter()
+    done, start, first_images = 0, None, 0
+    for batch in batches:
+        images = batch["image"] if shard is None else shard(batch["image"])
+        detections = predict(params, model_state, images)
+        if gather is None:
+            detections, index, valid = jax.device_get(detections), batch["index"], batch["valid"]
+        else:
+            detections, index, valid = gather(detections, batch)
+        ids = [
+            source.records[int(i)].image_id if ok and i >= 0 else None
+            for i, ok in zip(np.asarray(index), np.asarray(valid))
+        ]
+        evaluator.add(ids, detections)
+        n = sum(i is not None for i in ids)
+        done += n
+        if start is None:  # the first batch pays for compilation: time the rest
+            start, first_images = time.perf_counter(), n
+        if progress is not None:
+            progress(done)
+    if start is None:
+        raise ValueError("the eval iterator gave no batch")
+    end = time.perf_counter()
+    timed = done - first_images
+    rate = timed / (end - start) if timed else done / (end - begin)
+    return evaluator.compute(), rate
+
+
+def evaluate(
+    predict: Callable,
+    params: Any,
+    model_state: Any,
+    source: Source,
+    pcfg: Any,
+    mesh: jax.sharding.Mesh,
+    evaluator: Any,
+    *,
+    max_images: int = 0,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[dict[str, float], float]:
+    """One evaluation round over ``source`` (its first ``max_images`` images if > 0), the
+    batches split over the mesh's data axis; returns ``(metrics, images_per_second)``.
+
+    ``pcfg`` (a :class:`ssd_jax.data.pipeline.PipelineConfig`): its ``batch_size`` is this
+    process's share of the batch. With several processes (hosts), each reads and predicts
+    its shard of the images, every batch's detections and record indices are gathered to
+    all hosts (one ``process_allgather`` per batch), and every host feeds the whole split
+    to its evaluator: the metrics are the same on all hosts.
+    """
+    from ssd_jax import parallel
+    from ssd_jax.data import pipeline
+
+    if max_images:
+        source = dataclasses.replace(source, records=tuple(source.records[:max_images]))
+    count = jax.process_count()
+    if count == 1:
+        batches = pipeline.eval_dataset(source, pcfg, process_index=0, process_count=1)
+        sharding = parallel.data_sharding(mesh)
+        shard, gather = (lambda images: jax.device_put(images, sharding)), None
+    else:
+        from jax.experimental import multihost_utils
+
+        batches = pipeline.eval_dataset(source, pcfg)  # this host's shard
+        global_bs = pcfg.batch_size * count
+
+        def shard(images):
+            return parallel.global_batch({"image": images}, mesh, global_bs)["image"]
+
+        def gather(detections, batch):  # one collective per batch
+            return multihost_utils.process_allgather(
+                (detections, np.asarray(batch["index"]), np.asarray(batch["valid"])), tiled=True)
+    return evaluate_batches(predict, params, model_state, batches, evaluator, source,
+                            progress=progress, shard=shard, gather=gather)
