@@ -3,9 +3,8 @@
 Why: XLA:CPU allocates each execution's temporary buffer (hundreds of MB to GB for a train
 step) from a worker thread and frees it at the end. glibc serves such large requests from
 a thread arena with a fresh ``mmap`` and returns them with ``munmap``, so every step
-touches its whole working set in new pages: 1.3 M minor page faults (5.3 GB) per
-SSDLite-MobileNetV2 train step at batch 16 on the 2-core dev box, about a third of the
-step (benchmarks/RESULTS.md, "Page faults"). With one arena, no ``mmap`` for large blocks
+touches its whole working set in new pages (gigabytes of minor page faults per light-network
+train step, a large part of the step; measured: benchmarks/README.md). With one arena, no ``mmap`` for large blocks
 and no trimming, freed blocks stay in the heap and the next step reuses them.
 
 The settings (:data:`SETTINGS`, the environment variables of ``mallopt(3)``):
@@ -27,7 +26,7 @@ command line with the variables set (``os.execve``: same process id, so signals 
 scheduler's SIGTERM still reach it), once, before anything else is imported. A value the
 user already set is kept; ``SSD_JAX_MALLOC_DEFAULTS=0`` turns the settings off (for A/B
 measurements). Linux with glibc only; elsewhere nothing happens. The library itself never
-does this: only the entry points call it.
+does this: only the entry points call it (through :func:`ssd_jax.runtime.setup_process`).
 """
 
 from __future__ import annotations

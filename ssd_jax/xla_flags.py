@@ -7,11 +7,11 @@ the profile of the work the process does (:data:`PROFILES`):
 * ``train`` (``launch.py train`` / ``sweep``, the training benchmarks):
   ``--xla_cpu_experimental_ynn_fusion_type=-individual_convolution``: XLA:CPU stops
   handing single convolutions to YNNPACK (its dot, element-wise and reduction fusions
-  stay). Train steps on the 2-core dev box, jax 0.10.2 (benchmarks/RESULTS.md, "YNNPACK
-  fusions"): SSDLite-MobileNetV2 1.54x, the demo's ``ssd_compact`` 1.23x, SSD300 the same.
+  stay): faster train steps for the light networks, the same for SSD300.
 * ``inference`` (``launch.py eval`` / ``predict``, the inference benchmarks):
-  ``--xla_cpu_experimental_ynn_fusion_type=`` (no YNNPACK fusions at all): SSD300
-  inference 1.25x; for training this setting made SSDLite 0.62x (its reductions).
+  ``--xla_cpu_experimental_ynn_fusion_type=`` (no YNNPACK fusions at all): faster SSD300
+  inference, but slower SSDLite training (its reductions), hence two profiles.
+  (Measured: benchmarks/README.md.)
 
 CPU-only flags: GPU and TPU compilations ignore them. A flag the user already put in
 ``XLA_FLAGS`` (same name, any value) is kept as given; ``SSD_JAX_XLA_DEFAULTS=0`` turns the
@@ -90,8 +90,9 @@ def ynn_takes_convolutions(xla_flags: str | None = None) -> bool:
     (default ``os.environ``'s): XLA's default fusion kinds include them, a
     ``-individual_convolution`` entry or an explicit list without it (``''``: none) does not.
 
-    It decides :func:`ssd_jax.models.layers.use_shifted_wgrad`: YNNPACK's convolution
-    kernel gradients are 2-4x slower than matmuls on this CPU, XLA's others are faster.
+    It decides the ``auto`` kernel-gradient choice of the models
+    (:func:`ssd_jax.models.layers.resolve_conv_choices`): YNNPACK's convolution kernel
+    gradients are slower than matmuls on the CPU, XLA's others are faster.
     """
     flags = os.environ.get("XLA_FLAGS", "") if xla_flags is None else xla_flags
     value = None

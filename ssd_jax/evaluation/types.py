@@ -1,7 +1,7 @@
 """The host-side records evaluation works on: one image's truth, one image's detections.
 
-Both hold pixel boxes ``(xmin, ymin, xmax, ymax)`` of the original image (DESIGN.md
-section 3: pixels only at the edges) and object classes 1..C (0 is background and never
+Both hold pixel boxes ``(xmin, ymin, xmax, ymax)`` of the original image (pixels
+appear only at the edges of the system; inside the model boxes are normalised) and object classes 1..C (0 is background and never
 appears here). They are plain frozen dataclasses of numpy arrays, checked on creation so
 that a bad record fails with its image id instead of a wrong number later.
 """
