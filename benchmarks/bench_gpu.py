@@ -21,7 +21,7 @@ process so one failure or timeout leaves the others' numbers:
   network + ``postprocess.detect`` (per-class NMS, 200 detections) at batch 32.
 * ``ssdlite`` SSDLite-MobileNetV2 320px train step, bf16, batch 64.
 * ``wgrad`` the bf16 batch-32 train step with the CPU's shifted-matmul kernel gradient forced
-  on (``SSD_JAX_CONV_WGRAD=shifted``): checks that GPUs are right to keep cuDNN's.
+  on (``resolve_conv_choices("shifted")``): checks that GPUs are right to keep cuDNN's.
 * ``e2e`` bf16 batch 32 train step fed by the grain pipeline (built-in dataset, 300px, full
   augmentation, ``--workers`` processes): data included.
 
@@ -114,7 +114,7 @@ def _random_batch(batch: int, size: int, boxes: int = 8, seed: int = 0):
 
 
 def jax_train_case(model_name: str, batch: int, dtype: str, steps: int, seconds: float, *, image_size=None,
-                   source_iter=None, lower_only: bool = False) -> dict:
+                   source_iter=None, lower_only: bool = False, wgrad: str = "auto") -> dict:
     """The project's train step (match + multibox loss + SGD) on one device."""
     import jax
     import jax.numpy as jnp
@@ -123,7 +123,8 @@ def jax_train_case(model_name: str, batch: int, dtype: str, steps: int, seconds:
     from ssd_jax import anchors, models, parallel
     from ssd_jax import train_step as train_lib
 
-    kw = dict(compute_dtype=jnp.bfloat16 if dtype == "bf16" else jnp.float32, rngs=nnx.Rngs(0))
+    kw = dict(compute_dtype=jnp.bfloat16 if dtype == "bf16" else jnp.float32, rngs=nnx.Rngs(0),
+              conv=models.resolve_conv_choices(wgrad))
     if image_size:
         kw["image_size"] = image_size
     model = models.build_model(model_name, 20, **kw)
@@ -174,7 +175,7 @@ def jax_train_case(model_name: str, batch: int, dtype: str, steps: int, seconds:
 
 
 def jax_infer_case(model_name: str, batch: int, dtype: str, steps: int, seconds: float, with_detect: bool,
-                   lower_only: bool = False) -> dict:
+                   lower_only: bool = False, wgrad: str = "auto") -> dict:
     import jax
     import jax.numpy as jnp
     from flax import nnx
@@ -182,7 +183,7 @@ def jax_infer_case(model_name: str, batch: int, dtype: str, steps: int, seconds:
     from ssd_jax import inference, models
 
     model = models.build_model(model_name, 20, compute_dtype=jnp.bfloat16 if dtype == "bf16" else jnp.float32,
-                               rngs=nnx.Rngs(0))
+                               conv=models.resolve_conv_choices(wgrad), rngs=nnx.Rngs(0))
     graphdef, params, model_state = models.split(model)
     x = jax.device_put(_random_batch(batch, model.spec.image_size)["image"])
     if with_detect:
@@ -250,13 +251,7 @@ def cmd_jax(args) -> None:
                 row = jax_train_case(model_name, batch, dtype, steps, seconds,
                                      image_size=320 if part == "ssdlite" else None)
             elif part == "wgrad":
-                from ssd_jax.models import layers
-
-                os.environ[layers.WGRAD_ENV] = "shifted"
-                try:
-                    row = jax_train_case(model_name, batch, dtype, steps, seconds)
-                finally:
-                    del os.environ[layers.WGRAD_ENV]
+                row = jax_train_case(model_name, batch, dtype, steps, seconds, wgrad="shifted")
                 row["kind"] = "train, shifted-matmul wgrad"
             elif part == "e2e":
                 row = _e2e_case(model_name, batch, dtype, steps, seconds, args)
@@ -395,8 +390,6 @@ def cmd_hloflops(args) -> None:
     """Fill in HLO FLOPs (and TFLOP/s, MFU) of a ``jax.json`` whose programs were analysed
     after compilation (a GPU's compiled analysis leaves out cuDNN convolutions): each case is
     lowered again here, on any backend, with the kernel gradient the GPU used."""
-    from ssd_jax.models import layers
-
     with open(args.into) as f:
         results = json.load(f)
     kind = results["info"]["devices"][0]
@@ -404,12 +397,13 @@ def cmd_hloflops(args) -> None:
     for row in results["cases"]:
         if "error" in row:
             continue
-        os.environ[layers.WGRAD_ENV] = "shifted" if "shifted" in row["kind"] else "xla"
+        wgrad = "shifted" if "shifted" in row["kind"] else "xla"
         if row["kind"] in ("infer", "predict"):
-            f = jax_infer_case(row["model"], row["batch"], row["dtype"], 0, 0, row["kind"] == "predict", lower_only=True)
+            f = jax_infer_case(row["model"], row["batch"], row["dtype"], 0, 0, row["kind"] == "predict", lower_only=True,
+                               wgrad=wgrad)
         else:
             f = jax_train_case(row["model"], row["batch"], row["dtype"], 0, 0,
-                               image_size=row.get("image_size"), lower_only=True)
+                               image_size=row.get("image_size"), lower_only=True, wgrad=wgrad)
         step_s = row["step_ms"] / 1e3
         row["flops_compiled"] = row.get("flops_compiled", row["flops_per_step"])
         row["flops_per_step"] = f["flops_per_step"]

@@ -3,6 +3,7 @@
     python benchmarks/bench_network.py [--repeats 2] [--torch /path/to/torch-venv/bin/python] [--cases a,b]
         [--variants]        # also: NCHW layout and bfloat16 compute for the SSD300 train step
         [--only jax|torch] [--torch-same-malloc]
+        [--conv-wgrad auto|shifted|xla] [--cpu-kernels auto|on|off]   # ssd_jax.models.resolve_conv_choices
 
 Rows: SSD300-VGG16 (21 outputs, 300x300) inference at batch 1 and 8, train step (forward +
 backward + optax SGD-momentum update, jitted, params/opt state donated) at batch 4 and 8;
@@ -103,7 +104,7 @@ print(json.dumps({"imgs_per_s": batch / min(ts), "step_s": min(ts)}))
 """
 
 
-def jax_case(name: str, batch: int, train: bool, repeats: int, layout="NHWC", dtype="float32", size=None):
+def jax_case(name: str, batch: int, train: bool, repeats: int, layout="NHWC", dtype="float32", size=None, conv=None):
     import jax
     import jax.numpy as jnp
     import optax
@@ -111,7 +112,8 @@ def jax_case(name: str, batch: int, train: bool, repeats: int, layout="NHWC", dt
 
     from ssd_jax import models
 
-    kw = dict(layout=layout, compute_dtype=jnp.bfloat16 if dtype == "bfloat16" else jnp.float32, rngs=nnx.Rngs(0))
+    kw = dict(layout=layout, compute_dtype=jnp.bfloat16 if dtype == "bfloat16" else jnp.float32, conv=conv,
+              rngs=nnx.Rngs(0))
     if size:
         kw["image_size"] = size
     model = models.build_model(name, 20, **kw)
@@ -182,6 +184,12 @@ def main(argv=None):
                     help="the CPU flags of ssd_jax.xla_flags, as launch.py sets them: train (launch.py train) "
                          "or inference (launch.py eval/predict); auto: inference cases run in a child "
                          "process with the inference profile (SSD_JAX_XLA_DEFAULTS=0: XLA's own flags)")
+    ap.add_argument("--conv-wgrad", choices=("auto", "shifted", "xla"), default="auto",
+                    help="convolution kernel gradients (ssd_jax.models.resolve_conv_choices): auto (matmuls on "
+                         "the CPU while YNNPACK takes convolutions), shifted (matmuls everywhere) or xla")
+    ap.add_argument("--cpu-kernels", choices=("auto", "on", "off"), default="auto",
+                    help="the FFI CPU kernels for depthwise gradients (ssd_jax.kernels): auto, on (a failed "
+                         "build is an error) or off")
     args = ap.parse_args(argv)
 
     cases = [  # key, model, batch, train, torch reference key
@@ -219,7 +227,8 @@ def main(argv=None):
             child_args = ["--cases", ",".join(inference_child), "--repeats", str(args.repeats), "--xla-profile",
                           "inference", "--json", out] + (["--torch", args.torch] if args.torch else []) + \
                          (["--only", args.only] if args.only else []) + \
-                         (["--torch-same-malloc"] if args.torch_same_malloc else [])
+                         (["--torch-same-malloc"] if args.torch_same_malloc else []) + \
+                         ["--conv-wgrad", args.conv_wgrad, "--cpu-kernels", args.cpu_kernels]
             env = {**os.environ, "XLA_FLAGS": original_flags}  # the child adds its own profile
             subprocess.run([sys.executable, os.path.abspath(__file__), *child_args], check=True, env=env,
                            stdout=subprocess.DEVNULL)
@@ -228,9 +237,10 @@ def main(argv=None):
 
     import jax
 
-    from ssd_jax.kernels import cpu as cpu_kernels
     from ssd_jax.models import layers
 
+    # resolved once, after xla_flags.apply: "auto" judges this process's XLA_FLAGS
+    conv = layers.resolve_conv_choices(args.conv_wgrad, args.cpu_kernels)
     have_torch = bool(args.torch) and os.path.exists(args.torch) and args.only != "jax"
     results = dict(child_rows)
     jax_done, torch_done = {}, {}  # a network measured once per run, on each side
@@ -239,7 +249,7 @@ def main(argv=None):
         if args.only != "torch":
             if (name, batch, train) not in jax_done:
                 jax_done[name, batch, train] = jax_case(name, batch, train, args.repeats,
-                                                        size=320 if name.startswith("ssdlite") else None)
+                                                        size=320 if name.startswith("ssdlite") else None, conv=conv)
             row["jax"] = jax_done[name, batch, train]
         if have_torch:
             try:
@@ -261,7 +271,8 @@ def main(argv=None):
         for layout, dtype in (("NCHW", "float32"), ("NHWC", "bfloat16")):
             key = f"ssd300_train_b4_{layout}_{dtype}"
             results[key] = {"model": "ssd300_vgg16", "batch": 4, "train": True,
-                            "jax": jax_case("ssd300_vgg16", 4, True, args.repeats, layout=layout, dtype=dtype),
+                            "jax": jax_case("ssd300_vgg16", 4, True, args.repeats, layout=layout, dtype=dtype,
+                                            conv=conv),
                             "torch": results["ssd300_train_b4"].get("torch"), "torch_source": results["ssd300_train_b4"].get("torch_source")}
             print(f"{key}: {results[key]}", file=sys.stderr, flush=True)
 
@@ -272,9 +283,10 @@ def main(argv=None):
     print(f"# malloc: jax process {host_malloc.current() or 'glibc defaults'}; torch "
           f"{host_malloc.current(host_malloc.without_added()) or 'glibc defaults'}"
           + (", and again with the jax process's settings (last columns)" if args.torch_same_malloc else ""))
-    print(f"# CPU kernels (ssd_jax.kernels, depthwise gradients): {cpu_kernels.ENV}={cpu_kernels.mode()} -> "
-          f"{'used' if cpu_kernels.enabled() else 'not used'}; conv kernel gradients: "
-          f"{'matmuls' if layers.use_shifted_wgrad() else 'XLA'}")
+    print(f"# CPU kernels (ssd_jax.kernels, depthwise gradients): --cpu-kernels {args.cpu_kernels} -> "
+          f"{'used' if conv.cpu_kernels else 'not used'}; conv kernel gradients: --conv-wgrad "
+          f"{args.conv_wgrad} -> {'matmuls' if conv.matmul_wgrad else 'XLA'}"
+          + (" (every conv)" if conv.matmul_wgrad_all else ""))
     same = args.torch_same_malloc and have_torch
     print("| case | jax img/s | jax step s | compile s | torchvision img/s | source | ratio jax/torch |"
           + (" torch, jax's malloc, img/s | ratio |" if same else ""))

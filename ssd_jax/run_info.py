@@ -92,8 +92,6 @@ def write_run_info(workdir: str, config_json: str) -> dict:
         "packages": package_versions(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "malloc_env": host_malloc.current(),
-        # ssd_jax.kernels' mode (the depthwise gradients): auto / on / off
-        "cpu_kernels": os.environ.get("SSD_JAX_CPU_KERNELS", "auto"),
         "git": git_commit(),
         **device_info(),
     }

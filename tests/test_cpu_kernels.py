@@ -19,9 +19,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture
-def kernels(monkeypatch):
+def kernels():
     """The kernels, built (or loaded from the cache); skipped where no C++ compiler works."""
-    monkeypatch.setenv(cpu.ENV, "auto")
     failure = cpu._load()
     if failure is not None:
         pytest.skip(f"CPU kernels cannot be built here: {failure.splitlines()[0]}")
@@ -98,7 +97,7 @@ def test_bad_shapes_are_clear_errors(kernels):
 
 
 @pytest.mark.parametrize("k,stride", [(3, 1), (3, 2), (5, 1), (5, 2)])
-def test_depthwise_conv2d_with_and_without_kernels(kernels, monkeypatch, k, stride):
+def test_depthwise_conv2d_with_and_without_kernels(kernels, k, stride):
     """``depthwise_conv2d`` (NHWC, float32, CPU) differentiates through the kernels when they
     are on, and gives the pure-JAX path's values and gradients."""
     rng = np.random.default_rng(1)
@@ -106,14 +105,15 @@ def test_depthwise_conv2d_with_and_without_kernels(kernels, monkeypatch, k, stri
     wt = jnp.asarray(rng.standard_normal((k, k, 1, 6)), jnp.float32)
     bias = jnp.arange(6.0)
 
-    def loss(x, wt):
-        y = layers.depthwise_conv2d(x, wt, bias, stride=stride, padding=k // 2)
-        return (y ** 2 * jnp.arange(1.0, 7.0)).sum()
+    def loss(conv):
+        def f(x, wt):
+            y = layers.depthwise_conv2d(x, wt, bias, stride=stride, padding=k // 2, conv=conv)
+            return (y ** 2 * jnp.arange(1.0, 7.0)).sum()
+        return f
 
     results = {}
     for mode in ("on", "off"):
-        monkeypatch.setenv(cpu.ENV, mode)
-        f = jax.jit(jax.value_and_grad(loss, (0, 1)))
+        f = jax.jit(jax.value_and_grad(loss(layers.resolve_conv_choices(cpu_kernels=mode, backend="cpu")), (0, 1)))
         hlo = f.lower(x, wt).as_text()
         assert ("ssd_jax_depthwise_kernel_grad" in hlo) == (mode == "on")
         assert ("ssd_jax_depthwise_input_grad" in hlo) == (mode == "on" and k >= 5)
@@ -123,32 +123,35 @@ def test_depthwise_conv2d_with_and_without_kernels(kernels, monkeypatch, k, stri
     np.testing.assert_allclose(dx_on, dx_off, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(dw_on, dw_off, rtol=1e-5, atol=1e-4)
     # bfloat16 compute keeps the pure-JAX path (the kernels are float32)
-    monkeypatch.setenv(cpu.ENV, "on")
+    on = layers.resolve_conv_choices(cpu_kernels="on", backend="cpu")
     hlo = jax.jit(jax.grad(lambda x: layers.depthwise_conv2d(
-        x, wt, None, padding=k // 2, compute_dtype=jnp.bfloat16).astype(jnp.float32).sum())).lower(x).as_text()
+        x, wt, None, padding=k // 2, compute_dtype=jnp.bfloat16, conv=on).astype(jnp.float32).sum())).lower(x).as_text()
     assert "ssd_jax_depthwise" not in hlo
 
 
 def test_modes_and_the_fallback(monkeypatch):
-    monkeypatch.setenv(cpu.ENV, "sometimes")
-    with pytest.raises(ValueError, match="SSD_JAX_CPU_KERNELS='sometimes'"):
-        cpu.enabled()
-    monkeypatch.setenv(cpu.ENV, "off")
-    assert not cpu.enabled()
-    monkeypatch.setenv(cpu.ENV, "on")
-    assert not cpu.enabled(backend="gpu")  # other backends never use them
+    with pytest.raises(ValueError, match="cpu_kernels='sometimes'.*'auto', 'on', 'off'"):
+        cpu.enabled("sometimes")
+    assert not cpu.enabled("off")
+    assert not cpu.enabled("on", backend="gpu")  # other backends never use them
     # a library that cannot be built: auto warns once and falls back, on is an error
     monkeypatch.setattr(cpu, "_load", lambda: "BuildError: no C++ compiler found")
     cpu._warn_once.cache_clear()
-    monkeypatch.setenv(cpu.ENV, "auto")
     with pytest.warns(RuntimeWarning, match="CPU kernels unavailable.*no C\\+\\+ compiler"):
-        assert not cpu.enabled()
+        assert not cpu.enabled("auto", backend="cpu")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert not cpu.enabled()  # once per process
-    monkeypatch.setenv(cpu.ENV, "on")
-    with pytest.raises(build.BuildError, match="SSD_JAX_CPU_KERNELS=on"):
-        cpu.enabled()
+        assert not cpu.enabled("auto", backend="cpu")  # once per process
+        # resolved at build time, the fallback is ConvChoices without the kernels
+        assert not layers.resolve_conv_choices(cpu_kernels="auto", backend="cpu").cpu_kernels
+    with pytest.raises(build.BuildError, match="cpu_kernels='on'"):
+        cpu.enabled("on", backend="cpu")
+    with pytest.raises(build.BuildError, match="cpu_kernels='on'"):
+        layers.resolve_conv_choices(cpu_kernels="on", backend="cpu")
+    # choices made by hand without the library: a clear error when traced
+    with pytest.raises(build.BuildError, match="CPU kernels are unavailable"):
+        layers.depthwise_conv2d(jnp.zeros((1, 4, 4, 2)), jnp.zeros((3, 3, 1, 2)), None, padding=1,
+                                conv=layers.ConvChoices(cpu_kernels=True))
     cpu._warn_once.cache_clear()
 
 
@@ -177,14 +180,15 @@ def test_build_caches_per_source_and_cpu(tmp_path, monkeypatch):
 SHARDED = textwrap.dedent("""
     import jax, numpy as np
     from jax.sharding import NamedSharding, PartitionSpec as P
-    from ssd_jax.kernels import cpu
-    from ssd_jax.models.layers import depthwise_conv2d
-    assert jax.device_count() == 8 and cpu.enabled()
+    from ssd_jax.models.layers import depthwise_conv2d, resolve_conv_choices
+    assert jax.device_count() == 8
+    conv = resolve_conv_choices(cpu_kernels="on")
+    assert conv.cpu_kernels
     mesh = jax.make_mesh((8,), ("data",))
     for k, s in [(5, 2), (3, 1)]:
         x = jax.random.normal(jax.random.key(0), (16, 12, 12, 6))
         w = jax.random.normal(jax.random.key(1), (k, k, 1, 6))
-        f = jax.jit(jax.grad(lambda x, w: (depthwise_conv2d(x, w, None, stride=s, padding=k // 2) ** 2).sum(), (0, 1)))
+        f = jax.jit(jax.grad(lambda x, w: (depthwise_conv2d(x, w, None, stride=s, padding=k // 2, conv=conv) ** 2).sum(), (0, 1)))
         dx1, dw1 = f(x, w)
         xs = jax.device_put(x, NamedSharding(mesh, P("data")))
         ws = jax.device_put(w, NamedSharding(mesh, P()))
@@ -202,8 +206,7 @@ SHARDED = textwrap.dedent("""
 def test_sharded_batch_runs_the_kernels_per_device(kernels):
     """A batch split over 8 (simulated) devices: each device runs the kernels on its part,
     the kernel gradient is summed with one all-reduce, nothing is all-gathered."""
-    env = {**os.environ, "PYTHONPATH": ROOT, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
-           cpu.ENV: "on"}
+    env = {**os.environ, "PYTHONPATH": ROOT, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
     proc = subprocess.run([sys.executable, "-c", SHARDED], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0 and "OK" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-3000:]
@@ -212,13 +215,14 @@ def test_sharded_batch_runs_the_kernels_per_device(kernels):
 TRAIN_STEP_SHARDED = textwrap.dedent("""
     import jax, numpy as np
     from flax import nnx
-    from ssd_jax import anchors, models, parallel, train
+    from ssd_jax import anchors, models, parallel, train_step as train
     from tests._train_helpers import fixed_batch
     assert jax.device_count() == 8
 
     def run(devices):
         mesh = parallel.make_mesh(devices)
-        model = models.build_model("ssdlite_mobilenetv3", 3, image_size=64, width=0.25, rngs=nnx.Rngs(0))
+        model = models.build_model("ssdlite_mobilenetv3", 3, image_size=64, width=0.25,
+                                   conv=models.resolve_conv_choices(cpu_kernels="on"), rngs=nnx.Rngs(0))
         tx, sched = train.make_optimizer(train.OptimConfig(batch_size=8, lr=0.05, lr_batch_size=8))
         g, state = train.create_train_state(model, tx)
         step = parallel.jit_train_step(train.make_train_step(g, tx, sched, anchors.generate(model.spec)), mesh,
@@ -242,8 +246,7 @@ TRAIN_STEP_SHARDED = textwrap.dedent("""
 def test_sharded_ssdlite_train_step_matches_one_device(kernels):
     """launch.py's data-parallel step (parallel.jit_train_step) on SSDLite-MobileNetV3 over 8
     simulated devices, the kernels inside: one step gives one device's loss and parameters."""
-    env = {**os.environ, "PYTHONPATH": ROOT, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
-           cpu.ENV: "on"}
+    env = {**os.environ, "PYTHONPATH": ROOT, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
     proc = subprocess.run([sys.executable, "-c", TRAIN_STEP_SHARDED], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0 and "OK" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-3000:]

@@ -14,7 +14,7 @@ import optax
 import pytest
 from flax import nnx
 
-from ssd_jax import anchors, models
+from ssd_jax import anchors, models, xla_flags
 from ssd_jax.models import heads, layers, mobilenet, mobilenet_v3, params_io, preprocessing
 from ssd_jax.receptive_field import receptive_fields
 
@@ -220,7 +220,7 @@ def test_compact_top_down_runs_and_feeds_the_coarse_maps(size):
 
 def test_mobilenet_v2_width_one_matches_torchvision_parameter_count():
     # torchvision mobilenet_v2().features has 2,223,872 parameters (classifier excluded).
-    ex = nnx.eval_shape(lambda: mobilenet.MobileNetV2Extractor(1.0, rngs=nnx.Rngs(0)))
+    ex = nnx.eval_shape(lambda: mobilenet.MobileNetV2Extractor(1.0, conv=layers.ConvChoices(), rngs=nnx.Rngs(0)))
     n_backbone = models.count_params(ex.stem) + models.count_params(ex.blocks) + models.count_params(ex.last)
     assert n_backbone == 2_223_872
 
@@ -259,7 +259,7 @@ def test_ssdlite_mobilenet_v3_layout():
 
 
 def test_squeeze_excitation_and_activations_by_hand():
-    se = mobilenet_v3.SqueezeExcitation(4, 8, compute_dtype=jnp.float32, rngs=nnx.Rngs(0))
+    se = mobilenet_v3.SqueezeExcitation(4, 8, compute_dtype=jnp.float32, conv=layers.ConvChoices(), rngs=nnx.Rngs(0))
     x = images(2, 5)[..., :1] * jnp.arange(1.0, 5.0)  # [2,5,5,4]
     m = np.asarray(x).mean(axis=(1, 2))  # [2,4]
     w1, b1 = np.asarray(se.fc1.kernel[...])[0, 0], np.asarray(se.fc1.bias[...])
@@ -271,14 +271,14 @@ def test_squeeze_excitation_and_activations_by_hand():
     np.testing.assert_allclose(layers.ACTIVATIONS["hardswish"](v), [0, -1 / 3, 0, 2 / 3, 4], atol=1e-6)
     np.testing.assert_allclose(layers.ACTIVATIONS["relu6"](v * 2), [0, 0, 0, 2, 6])
     with pytest.raises(ValueError, match="unknown activation 'gelu'"):
-        layers.ConvBNAct(3, 4, 1, activation="gelu", rngs=nnx.Rngs(0))
+        layers.ConvBNAct(3, 4, 1, activation="gelu", conv=layers.ConvChoices(), rngs=nnx.Rngs(0))
 
 
 # --- prediction order ---------------------------------------------------------------------
 
 
 def test_head_output_order_is_map_cell_box():
-    head = heads.SSDHead((4, 4), (2, 3), num_outputs=5, rngs=nnx.Rngs(0))
+    head = heads.SSDHead((4, 4), (2, 3), num_outputs=5, conv=layers.ConvChoices(), rngs=nnx.Rngs(0))
     f0, f1 = images(1, 3)[..., :3], images(1, 2, seed=1)[..., :3]
     f0, f1 = jnp.concatenate([f0, f0[..., :1]], -1), jnp.concatenate([f1, f1[..., :1]], -1)
     logits, offsets = head([f0, f1])
@@ -310,7 +310,7 @@ def test_bfloat16_forward_close_to_float32(lite):
 
 
 def test_vgg_bfloat16_layers_close_to_float32():
-    conv = layers.Conv2d(16, 32, 3, padding=6, dilation=6, rngs=nnx.Rngs(0))
+    conv = layers.Conv2d(16, 32, 3, padding=6, dilation=6, conv=layers.ConvChoices(), rngs=nnx.Rngs(0))
     x = images(1, 20)[..., :1].repeat(16, -1)
     y32 = conv(x)
     conv.compute_dtype = jnp.bfloat16
@@ -505,8 +505,8 @@ def test_converted_checkpoint_round_trip(lite, tmp_path):
     (3, 1, 6, 6, 40),  # fc6's dilation 6
     (3, 1, 1, 1, 9),  # small map: XLA's own kernel gradient
 ])
-def test_conv_gradients_equal_xla(kernel, stride, padding, dilation, size, monkeypatch):
-    monkeypatch.setenv(layers.WGRAD_ENV, "shifted")  # the matmul gradient even for 3 input channels
+def test_conv_gradients_equal_xla(kernel, stride, padding, dilation, size):
+    shifted = layers.resolve_conv_choices("shifted", "off")  # the matmul gradient even for 3 input channels
     rng = np.random.default_rng(kernel * 100 + size)
     x = jnp.asarray(rng.normal(size=(2, size, size, 3)), jnp.float32)
     w = jnp.asarray(rng.normal(size=(kernel, kernel, 3, 4)), jnp.float32)
@@ -514,8 +514,8 @@ def test_conv_gradients_equal_xla(kernel, stride, padding, dilation, size, monke
     def loss(conv):
         return lambda x, w: jnp.sum(conv(x, w) ** 2)
 
-    ours = jax.grad(loss(lambda x, w: layers.conv2d(x, w, None, stride=stride, padding=padding, dilation=dilation)),
-                    (0, 1))(x, w)
+    ours = jax.grad(loss(lambda x, w: layers.conv2d(x, w, None, stride=stride, padding=padding, dilation=dilation,
+                                                    conv=shifted)), (0, 1))(x, w)
     ref = jax.grad(loss(lambda x, w: jax.lax.conv_general_dilated(
         x, w, (stride, stride), ((padding, padding),) * 2, rhs_dilation=(dilation, dilation),
         dimension_numbers=("NHWC", "HWIO", "NHWC"))), (0, 1))(x, w)
@@ -523,32 +523,65 @@ def test_conv_gradients_equal_xla(kernel, stride, padding, dilation, size, monke
         np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-4)
 
 
-def test_shifted_wgrad_selection(monkeypatch):
-    monkeypatch.delenv(layers.WGRAD_ENV, raising=False)
-    monkeypatch.setenv("XLA_FLAGS", "")  # XLA's defaults: YNNPACK takes single convolutions
-    assert layers.use_shifted_wgrad("cpu") and not layers.use_shifted_wgrad("gpu") and not layers.use_shifted_wgrad("tpu")
+def test_resolve_conv_choices():
+    resolve = functools.partial(layers.resolve_conv_choices, cpu_kernels="off")
+    # XLA's default flags: YNNPACK takes single convolutions, so the matmul gradient on the CPU
+    assert resolve(backend="cpu", xla_flags="").matmul_wgrad
+    assert resolve(backend="cpu", xla_flags="--xla_force_host_platform_device_count=8").matmul_wgrad
+    assert not resolve(backend="gpu", xla_flags="").matmul_wgrad and not resolve(backend="tpu", xla_flags="").matmul_wgrad
     # the train profile (launch.py): XLA's own kernel gradient is the faster one there
-    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution")
-    assert not layers.use_shifted_wgrad("cpu")
-    monkeypatch.setenv(layers.WGRAD_ENV, "xla")
-    assert not layers.use_shifted_wgrad("cpu")
-    monkeypatch.setenv(layers.WGRAD_ENV, "shifted")
-    assert layers.use_shifted_wgrad("gpu")
-    monkeypatch.setenv(layers.WGRAD_ENV, "fast")
-    with pytest.raises(ValueError, match="SSD_JAX_CONV_WGRAD"):
-        layers.use_shifted_wgrad()
+    train_flags = " ".join(xla_flags.PROFILES["train"])
+    assert resolve(backend="cpu", xla_flags=train_flags) == layers.ConvChoices()
+    assert resolve("xla", backend="cpu", xla_flags="") == layers.ConvChoices()
+    shifted = layers.ConvChoices(matmul_wgrad=True, matmul_wgrad_all=True)
+    assert resolve("shifted", backend="gpu") == resolve("shifted", backend="cpu", xla_flags=train_flags) == shifted
+    # another backend, auto: XLA's gradients and no CPU kernels
+    assert layers.resolve_conv_choices(backend="gpu", xla_flags="") == layers.ConvChoices()
+    assert layers.resolve_conv_choices("shifted", "on", backend="gpu").cpu_kernels is False
+    # xla_flags=None: the process's XLA_FLAGS, read at this call
+    assert resolve(backend="cpu").matmul_wgrad == xla_flags.ynn_takes_convolutions()
+    with pytest.raises(ValueError, match="wgrad='fast'.*'auto', 'shifted', 'xla'"):
+        layers.resolve_conv_choices("fast")
+    with pytest.raises(ValueError, match="cpu_kernels='sometimes'.*'auto', 'on', 'off'"):
+        layers.resolve_conv_choices(cpu_kernels="sometimes")
+    with pytest.raises(ValueError, match="matmul_wgrad_all=True needs matmul_wgrad=True"):
+        layers.ConvChoices(matmul_wgrad_all=True)
 
 
-def test_shifted_wgrad_only_for_wide_inputs_in_auto_mode(monkeypatch):
-    monkeypatch.delenv(layers.WGRAD_ENV, raising=False)
-    monkeypatch.setenv("XLA_FLAGS", "")
-    on = layers.use_shifted_wgrad()  # the backend decides (CPU: on)
-    assert layers._shifted_wgrad_for((3, 3, 64, 8)) == on
-    assert not layers._shifted_wgrad_for((3, 3, 3, 64))  # VGG conv1_1: XLA's gradient is faster
-    assert not layers._shifted_wgrad_for((3, 3, 32, 32))
-    assert layers._shifted_wgrad_for((3, 3, 3, 32), stride=2) == on  # strided (a stem): matmuls
-    assert layers._shifted_wgrad_for((1, 1, 16, 96)) == on  # 1x1: one matmul
-    monkeypatch.setenv(layers.WGRAD_ENV, "shifted")
-    assert layers._shifted_wgrad_for((3, 3, 3, 64))
-    monkeypatch.setenv(layers.WGRAD_ENV, "xla")
-    assert not layers._shifted_wgrad_for((3, 3, 512, 512))
+def test_matmul_wgrad_only_for_wide_inputs_unless_forced():
+    auto = layers.ConvChoices(matmul_wgrad=True)
+    assert layers._matmul_wgrad_for(auto, (3, 3, 64, 8))
+    assert not layers._matmul_wgrad_for(auto, (3, 3, 3, 64))  # VGG conv1_1: XLA's gradient is faster
+    assert not layers._matmul_wgrad_for(auto, (3, 3, 32, 32))
+    assert layers._matmul_wgrad_for(auto, (3, 3, 3, 32), stride=2)  # strided (a stem): matmuls
+    assert layers._matmul_wgrad_for(auto, (1, 1, 16, 96))  # 1x1: one matmul
+    assert layers._matmul_wgrad_for(layers.ConvChoices(matmul_wgrad=True, matmul_wgrad_all=True), (3, 3, 3, 64))
+    assert not layers._matmul_wgrad_for(layers.ConvChoices(), (3, 3, 512, 512))
+    assert not layers._matmul_wgrad_for(layers.resolve_conv_choices("xla", "off"), (3, 3, 512, 512))
+
+
+def test_models_take_conv_choices_not_the_environment(monkeypatch):
+    """The modules get their ConvChoices when built; tracing reads no environment variable
+    (the variables that once chose these paths hold values that would be errors)."""
+    monkeypatch.setenv("SSD_JAX_CONV_WGRAD", "garbage")
+    monkeypatch.setenv("SSD_JAX_CPU_KERNELS", "garbage")
+    x = images(2, 64)
+
+    def lowered_grad(conv):
+        model = models.build_model("ssd_compact", 3, image_size=64, width=0.25, conv=conv, rngs=nnx.Rngs(0))
+        assert model.extractor.stem.conv.conv_choices == conv and model.head.conv_choices == conv
+        g, p, s = models.split(model)
+
+        def loss(p):
+            (logits, offsets), _ = models.apply(g, p, s, x, train=True)
+            return jnp.mean(logits ** 2) + jnp.mean(offsets ** 2)
+
+        return jax.jit(jax.grad(loss)).lower(p), p
+
+    forced = layers.ConvChoices(matmul_wgrad=True, matmul_wgrad_all=True)
+    lowered, p = lowered_grad(forced)
+    grads = lowered.compile()(p)
+    assert all(np.isfinite(np.asarray(v)).all() for v in jax.tree.leaves(grads))
+    # the choice is the one given: the stem's (32x32 output) kernel gradient is matmuls, or not
+    assert "dot_general" in lowered.as_text()
+    assert "dot_general" not in lowered_grad(layers.ConvChoices())[0].as_text()

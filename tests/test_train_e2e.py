@@ -61,7 +61,8 @@ def test_launch_train_bad_key_is_a_clear_error(tmp_path):
 SHARDING_SCRIPT = textwrap.dedent("""
     import jax, numpy as np
     from flax import nnx
-    from ssd_jax import anchors, parallel, tiny_model, train
+    from ssd_jax import anchors, parallel, train
+    from ssd_jax.models import tiny as tiny_model
     from tests._train_helpers import fixed_batch
     assert jax.device_count() == 8, jax.devices()
 

@@ -7,7 +7,8 @@ import optax
 import pytest
 from flax import nnx
 
-from ssd_jax import anchors, parallel, tiny_model
+from ssd_jax import anchors, parallel
+from ssd_jax.models import tiny as tiny_model
 from ssd_jax import train as train_lib
 from ssd_jax.models import params_io
 

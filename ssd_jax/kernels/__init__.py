@@ -4,6 +4,7 @@ gradients.
 :mod:`ssd_jax.kernels.build` compiles ``cpu_kernels.cc`` on first use (a C++17 compiler and
 jaxlib's FFI headers; cached under ``$SSD_JAX_CACHE/kernels``), :mod:`ssd_jax.kernels.cpu`
 registers the handlers and wraps them as JAX functions. Everything has a pure-JAX path:
-``SSD_JAX_CPU_KERNELS=off`` selects it, and ``auto`` (the default) falls back to it with
-one warning where the library cannot be built.
+the mode ``off`` selects it, and ``auto`` (the default of
+:func:`ssd_jax.models.layers.resolve_conv_choices`) falls back to it with one warning
+where the library cannot be built.
 """

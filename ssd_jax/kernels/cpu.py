@@ -1,9 +1,10 @@
 """The CPU kernels as JAX functions, and whether to use them.
 
-``SSD_JAX_CPU_KERNELS`` (read when a function is traced, like ``SSD_JAX_CONV_WGRAD``):
+The mode is an argument (a model's :class:`ssd_jax.models.layers.ConvChoices` is resolved
+from it when the model is built; nothing here reads the environment):
 
-* ``auto`` (default): on the CPU backend, build (or load) the library; if that fails, warn
-  once and use the pure-JAX paths. Other backends never use them.
+* ``auto``: on the CPU backend, build (or load) the library; if that fails, warn once and
+  use the pure-JAX paths. Other backends never use them.
 * ``on``: as ``auto``, but a failed build is an error (for benchmarks and tests).
 * ``off``: never (the pure-JAX paths, for A/B measurements).
 
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import os
 import warnings
 
 import jax
@@ -25,8 +25,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from ssd_jax.kernels import build
 
-ENV = "SSD_JAX_CPU_KERNELS"
-_MODES = ("auto", "on", "off")
+#: The modes of :func:`enabled`.
+MODES = ("auto", "on", "off")
 
 #: FFI target names -> symbols in the library.
 TARGETS = {
@@ -35,11 +35,11 @@ TARGETS = {
 }
 
 
-def mode() -> str:
-    value = os.environ.get(ENV, "auto").strip().lower()
-    if value not in _MODES:
-        raise ValueError(f"{ENV}={value!r}: expected one of {', '.join(_MODES)}")
-    return value
+def check_mode(mode: str) -> str:
+    """``mode`` if it is one of :data:`MODES`, else a ValueError."""
+    if mode not in MODES:
+        raise ValueError(f"cpu_kernels={mode!r}: expected one of {', '.join(map(repr, MODES))}")
+    return mode
 
 
 @functools.cache
@@ -56,25 +56,34 @@ def _load() -> str | None:
     return None
 
 
-def enabled(backend: str | None = None) -> bool:
-    """Whether traced code should call the CPU kernels now (see the module docstring)."""
-    m = mode()
-    if m == "off" or (backend or jax.default_backend()) != "cpu":
+def enabled(mode: str, backend: str | None = None) -> bool:
+    """Whether code for ``backend`` (default JAX's default backend) should call the CPU
+    kernels in ``mode`` (see the module docstring); builds or loads the library if so."""
+    check_mode(mode)
+    if mode == "off" or (backend or jax.default_backend()) != "cpu":
         return False
     failure = _load()
     if failure is None:
         return True
-    if m == "on":
-        raise build.BuildError(f"{ENV}=on but the CPU kernels are unavailable: {failure}")
+    if mode == "on":
+        raise build.BuildError(f"cpu_kernels='on' but the CPU kernels are unavailable: {failure}")
     _warn_once(failure)
     return False
+
+
+def require() -> None:
+    """Build/load the library and register its targets if not done yet; a BuildError if
+    that fails (for callers told to use the kernels)."""
+    failure = _load()
+    if failure is not None:
+        raise build.BuildError(f"the CPU kernels are unavailable: {failure}")
 
 
 @functools.cache
 def _warn_once(failure: str) -> None:
     warnings.warn(
         f"ssd_jax CPU kernels unavailable, using the slower pure-JAX depthwise gradients "
-        f"({failure.splitlines()[0]}); set {ENV}=off to silence this",
+        f"({failure.splitlines()[0]}); choose cpu_kernels='off' to silence this",
         RuntimeWarning, stacklevel=3,
     )
 

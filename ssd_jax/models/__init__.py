@@ -11,9 +11,10 @@ from ssd_jax.models.factory import (
     network_feature_sizes,
     ssdlite_prior_spec,
 )
+from ssd_jax.models.layers import ConvChoices, resolve_conv_choices
 from ssd_jax.models.ssd import SSD, apply, count_params, merge, split
 
 __all__ = [
-    "MODEL_NAMES", "SSD", "apply", "build_model", "count_params", "default_normalization",
-    "default_prior_spec", "merge", "network_feature_sizes", "split", "ssdlite_prior_spec",
+    "MODEL_NAMES", "SSD", "ConvChoices", "apply", "build_model", "count_params", "default_normalization",
+    "default_prior_spec", "merge", "network_feature_sizes", "resolve_conv_choices", "split", "ssdlite_prior_spec",
 ]

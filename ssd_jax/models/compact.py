@@ -37,7 +37,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ssd_jax import anchors
-from ssd_jax.models.layers import ConvBNAct
+from ssd_jax.models.layers import ConvBNAct, ConvChoices
 
 #: Channels of stem, s4, s8, s16, s32/extras at width 1.
 BASE_CHANNELS = (16, 32, 64, 128, 128)
@@ -46,16 +46,17 @@ BASE_CHANNELS = (16, 32, 64, 128, 128)
 class CompactExtractor(nnx.Module):
     """``[B,S,S,3]`` -> source maps at strides 4, 8, 16, 32, 64, 128 (as far as the input allows
     a map of at least 1x1; S >= 64). ``depth``: stride-1 convolutions per stage s4/s8/s16
-    (>= 1); ``top_down``: the FPN-style fusion of s32 -> s16 -> s8 -> s4."""
+    (>= 1); ``top_down``: the FPN-style fusion of s32 -> s16 -> s8 -> s4; ``conv``: how the
+    convolutions compute their gradients."""
 
     def __init__(self, width: float = 1.0, num_extras: int = 2, *, depth: int = 1, top_down: bool = False,
-                 layout: str = "NHWC", compute_dtype=jnp.float32, rngs: nnx.Rngs):
+                 layout: str = "NHWC", compute_dtype=jnp.float32, conv: ConvChoices, rngs: nnx.Rngs):
         if width <= 0:
             raise ValueError(f"width must be positive, got {width}")
         if depth < 1:
             raise ValueError(f"depth must be at least 1, got {depth}")
         c = [max(8, int(round(ch * width))) for ch in BASE_CHANNELS]
-        kw = dict(layout=layout, compute_dtype=compute_dtype, rngs=rngs)
+        kw = dict(layout=layout, compute_dtype=compute_dtype, conv=conv, rngs=rngs)
         self.layout = layout
         self.stem = ConvBNAct(3, c[0], 3, stride=2, **kw)
         self.s4a = ConvBNAct(c[0], c[1], 3, stride=2, **kw)

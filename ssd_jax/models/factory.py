@@ -6,6 +6,10 @@ Names: ``ssd300_vgg16``, ``ssd512_vgg16`` (the paper's networks; default priors
 :func:`ssdlite_prior_spec`; the V3 one is torchvision's ``ssdlite320_mobilenet_v3_large``) and ``ssd_compact`` (a
 small VGG-style network with a stride-4 source map, for CPU-sized runs; priors from
 :func:`ssd_jax.models.compact.compact_prior_spec`).
+
+How the convolutions compute their gradients is a :class:`~ssd_jax.models.layers.ConvChoices`
+given to :func:`build_model` (default: :func:`~ssd_jax.models.layers.resolve_conv_choices`
+with its ``auto`` modes, resolved when the model is built).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from flax import nnx
 
 from ssd_jax import anchors
 from ssd_jax.models import compact, heads, mobilenet, mobilenet_v3, ssd, vgg
+from ssd_jax.models.layers import ConvChoices, resolve_conv_choices
 
 #: torchvision's SSDLite prior scales: linear from 0.2 to 0.95 over the maps, then 1.0
 #: (``DefaultBoxGenerator(min_ratio=0.2, max_ratio=0.95)``), ratios 2 and 3 everywhere.
@@ -27,16 +32,20 @@ def _extractor_factory(name: str, width: float, layout: str, depth: int = 1, top
     if name != "ssd_compact" and (depth != 1 or top_down):
         raise ValueError(f"depth and top_down apply only to ssd_compact, not {name}")
     if name == "ssd300_vgg16":
-        return lambda dtype, rngs: vgg.VGG16Extractor(300, layout=layout, compute_dtype=dtype, rngs=rngs)
+        return lambda dtype, conv, rngs: vgg.VGG16Extractor(300, layout=layout, compute_dtype=dtype, conv=conv,
+                                                            rngs=rngs)
     if name == "ssd512_vgg16":
-        return lambda dtype, rngs: vgg.VGG16Extractor(512, layout=layout, compute_dtype=dtype, rngs=rngs)
+        return lambda dtype, conv, rngs: vgg.VGG16Extractor(512, layout=layout, compute_dtype=dtype, conv=conv,
+                                                            rngs=rngs)
     if name == "ssdlite_mobilenetv2":
-        return lambda dtype, rngs: mobilenet.MobileNetV2Extractor(width, layout=layout, compute_dtype=dtype, rngs=rngs)
+        return lambda dtype, conv, rngs: mobilenet.MobileNetV2Extractor(width, layout=layout, compute_dtype=dtype,
+                                                                        conv=conv, rngs=rngs)
     if name == "ssdlite_mobilenetv3":
-        return lambda dtype, rngs: mobilenet_v3.MobileNetV3Extractor(width, layout=layout, compute_dtype=dtype, rngs=rngs)
+        return lambda dtype, conv, rngs: mobilenet_v3.MobileNetV3Extractor(width, layout=layout, compute_dtype=dtype,
+                                                                           conv=conv, rngs=rngs)
     if name == "ssd_compact":
-        return lambda dtype, rngs: compact.CompactExtractor(width, depth=depth, top_down=top_down, layout=layout,
-                                                            compute_dtype=dtype, rngs=rngs)
+        return lambda dtype, conv, rngs: compact.CompactExtractor(width, depth=depth, top_down=top_down, layout=layout,
+                                                                  compute_dtype=dtype, conv=conv, rngs=rngs)
     raise ValueError(f"unknown model {name!r}; choose one of {MODEL_NAMES}")
 
 
@@ -59,7 +68,7 @@ def default_normalization(name: str) -> str:
 def network_feature_sizes(name: str, image_size: int, width: float = 1.0) -> tuple[int, ...]:
     """Source-map sizes of model ``name`` at a square input (no parameters allocated)."""
     make = _extractor_factory(name, width, "NHWC")
-    abstract = nnx.eval_shape(lambda: make(jnp.float32, nnx.Rngs(0)))
+    abstract = nnx.eval_shape(lambda: make(jnp.float32, ConvChoices(), nnx.Rngs(0)))  # shapes only
     return ssd.feature_sizes(abstract.layer_stacks(), image_size)
 
 
@@ -106,6 +115,7 @@ def build_model(
     layout: str = "NHWC",
     depth: int = 1,
     top_down: bool = False,
+    conv: ConvChoices | None = None,
     rngs: nnx.Rngs | None = None,
 ) -> ssd.SSD:
     """An SSD network by name.
@@ -119,6 +129,9 @@ def build_model(
       layout: activations inside the network, ``"NHWC"`` (default) or ``"NCHW"``.
       depth, top_down: ``ssd_compact`` only: stride-1 convolutions per stage, and the
         FPN-style top-down fusion of its source maps (see :class:`compact.CompactExtractor`).
+      conv: how the convolutions compute their gradients; default ``resolve_conv_choices()``
+        (``auto`` for the kernel gradient and the CPU kernels, judged on JAX's default
+        backend and ``os.environ["XLA_FLAGS"]`` now, at build time).
       rngs: parameter initialisation keys (default ``nnx.Rngs(0)``).
     """
     make = _extractor_factory(name, width, layout, depth, top_down)
@@ -131,6 +144,8 @@ def build_model(
     compute_dtype = jnp.dtype(compute_dtype)
     if compute_dtype not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16)):
         raise ValueError(f"compute_dtype must be float32 or bfloat16, got {compute_dtype}")
+    conv = conv if conv is not None else resolve_conv_choices()
     rngs = rngs if rngs is not None else nnx.Rngs(0)
-    extractor = make(compute_dtype, rngs)
-    return ssd.SSD(extractor, _HEADS[name], priors, num_classes, name=name, compute_dtype=compute_dtype, rngs=rngs)
+    extractor = make(compute_dtype, conv, rngs)
+    return ssd.SSD(extractor, _HEADS[name], priors, num_classes, name=name, compute_dtype=compute_dtype, conv=conv,
+                   rngs=rngs)

@@ -46,6 +46,7 @@ class SSDHead(nnx.Module):
       in_channels: channels of each source map.
       boxes_per_cell: priors per cell of each map (from the prior spec).
       num_outputs: class scores per box, background included (C + 1).
+      conv: how the convolutions compute their gradients (:class:`L.ConvChoices`).
     """
 
     def __init__(
@@ -55,13 +56,15 @@ class SSDHead(nnx.Module):
         num_outputs: int,
         *,
         compute_dtype=jnp.float32,
+        conv: L.ConvChoices,
         rngs: nnx.Rngs,
     ):
         _check(in_channels, boxes_per_cell)
         self.num_outputs = num_outputs
         self.boxes_per_cell = tuple(boxes_per_cell)
         self.compute_dtype = compute_dtype
-        kw = dict(padding=1, kernel_init=L.xavier_uniform, compute_dtype=compute_dtype, rngs=rngs)
+        self.conv_choices = conv
+        kw = dict(padding=1, kernel_init=L.xavier_uniform, compute_dtype=compute_dtype, conv=conv, rngs=rngs)
         self.cls = nnx.List([L.Conv2d(c, a * num_outputs, 3, **kw) for c, a in zip(in_channels, boxes_per_cell)])
         self.box = nnx.List([L.Conv2d(c, a * 4, 3, **kw) for c, a in zip(in_channels, boxes_per_cell)])
 
@@ -72,7 +75,7 @@ class SSDHead(nnx.Module):
         for x, cls, box, a in zip(features, self.cls, self.box, self.boxes_per_cell):
             kernel = jnp.concatenate([cls.kernel[...], box.kernel[...]], axis=-1)
             bias = jnp.concatenate([cls.bias[...], box.bias[...]], axis=-1)
-            y = L.conv2d(x, kernel, bias, padding=1, compute_dtype=self.compute_dtype)
+            y = L.conv2d(x, kernel, bias, padding=1, compute_dtype=self.compute_dtype, conv=self.conv_choices)
             split = a * self.num_outputs
             logits.append(_flatten(y[..., :split], self.num_outputs))
             offsets.append(_flatten(y[..., split:], 4))
@@ -82,12 +85,13 @@ class SSDHead(nnx.Module):
 class _LitePredictor(nnx.Module):
     """Depthwise 3x3 + BN + ReLU6, then 1x1 conv with bias."""
 
-    def __init__(self, channels: int, outputs: int, *, compute_dtype, rngs):
+    def __init__(self, channels: int, outputs: int, *, compute_dtype, conv, rngs):
         self.depthwise = L.ConvBNAct(
             channels, channels, 3, groups=channels, kernel_init=L.xavier_uniform,
-            compute_dtype=compute_dtype, rngs=rngs,
+            compute_dtype=compute_dtype, conv=conv, rngs=rngs,
         )
-        self.pointwise = L.Conv2d(channels, outputs, 1, kernel_init=L.xavier_uniform, compute_dtype=compute_dtype, rngs=rngs)
+        self.pointwise = L.Conv2d(channels, outputs, 1, kernel_init=L.xavier_uniform, compute_dtype=compute_dtype,
+                                  conv=conv, rngs=rngs)
 
     def __call__(self, x: Array, train: bool) -> Array:
         return self.pointwise(self.depthwise(x, train))
@@ -103,12 +107,13 @@ class SSDLiteHead(nnx.Module):
         num_outputs: int,
         *,
         compute_dtype=jnp.float32,
+        conv: L.ConvChoices,
         rngs: nnx.Rngs,
     ):
         _check(in_channels, boxes_per_cell)
         self.num_outputs = num_outputs
         self.boxes_per_cell = tuple(boxes_per_cell)
-        kw = dict(compute_dtype=compute_dtype, rngs=rngs)
+        kw = dict(compute_dtype=compute_dtype, conv=conv, rngs=rngs)
         self.cls = nnx.List([_LitePredictor(c, a * num_outputs, **kw) for c, a in zip(in_channels, boxes_per_cell)])
         self.box = nnx.List([_LitePredictor(c, a * 4, **kw) for c, a in zip(in_channels, boxes_per_cell)])
 

@@ -8,12 +8,17 @@ kernels are stored ``HWIO`` either way, so parameters do not depend on the layou
 Every spatial block can describe itself as a :class:`ssd_jax.receptive_field.Layer`, so
 the networks derive their feature-map sizes and receptive fields from the same numbers
 that build their convolutions.
+
+How convolutions compute their gradients (XLA's, a matmul kernel gradient, the FFI CPU
+kernels for depthwise ones) is a :class:`ConvChoices` that every module receives when it
+is built (:func:`resolve_conv_choices` turns user-facing modes into one); nothing is read
+from the environment while a function is traced.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-import os
 from typing import Callable
 
 import jax
@@ -21,8 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ssd_jax import xla_flags
-from ssd_jax.kernels import cpu as cpu_kernels
+from ssd_jax import xla_flags as xla_flags_lib
+from ssd_jax.kernels import cpu as kernels_cpu
 from ssd_jax.receptive_field import Layer
 
 Array = jax.Array
@@ -83,6 +88,65 @@ def channel_axis(layout: str) -> int:
     return -1 if layout == "NHWC" else 1
 
 
+@dataclasses.dataclass(frozen=True)
+class ConvChoices:
+    """How convolutions compute their gradients on this backend (resolved: no ``auto``).
+
+    Attributes:
+      matmul_wgrad: NHWC convolutions may take :func:`_conv_nhwc`'s matmul kernel
+        gradient, each by the per-layer rule of :func:`_matmul_wgrad_for`.
+      matmul_wgrad_all: every NHWC convolution takes it (needs ``matmul_wgrad``).
+      cpu_kernels: depthwise gradients use the FFI CPU kernels (:mod:`ssd_jax.kernels`;
+        the library must be loadable: :func:`resolve_conv_choices` checks that).
+
+    The default, all ``False``, is XLA's own gradients everywhere, right on any backend.
+    Hashable, so modules keep it as static graph data.
+    """
+
+    matmul_wgrad: bool = False
+    matmul_wgrad_all: bool = False
+    cpu_kernels: bool = False
+
+    def __post_init__(self):
+        if self.matmul_wgrad_all and not self.matmul_wgrad:
+            raise ValueError("ConvChoices: matmul_wgrad_all=True needs matmul_wgrad=True")
+
+
+#: The ``wgrad`` modes of :func:`resolve_conv_choices`.
+WGRAD_MODES = ("auto", "shifted", "xla")
+
+
+def resolve_conv_choices(wgrad: str = "auto", cpu_kernels: str = "auto", *, backend: str | None = None,
+                         xla_flags: str | None = None) -> ConvChoices:
+    """The :class:`ConvChoices` for these modes on ``backend`` (default JAX's default backend).
+
+    ``wgrad``: ``auto`` takes the matmul kernel gradient on the CPU backend only, and only
+    while XLA hands single convolutions to YNNPACK
+    (:func:`ssd_jax.xla_flags.ynn_takes_convolutions` of ``xla_flags``), whose kernel
+    gradients are slower than the matmuls; under the ``train`` flag profile XLA's own is
+    the faster one, and GPUs/TPUs keep theirs (cuDNN's) (measured: benchmarks/README.md).
+    ``shifted`` forces the matmuls for every NHWC convolution, ``xla`` never takes them (both
+    for A/B measurements).
+
+    ``cpu_kernels``: as :func:`ssd_jax.kernels.cpu.enabled` (``auto``, ``on``, ``off``); the
+    library is built or loaded here, when ``auto``/``on`` on the CPU backend.
+
+    ``xla_flags``: the ``XLA_FLAGS`` string that ``auto`` judges; ``None`` reads
+    ``os.environ["XLA_FLAGS"]`` now, so resolve after the process's flags are set (a model
+    is built after that) and before the first compilation.
+    """
+    if wgrad not in WGRAD_MODES:
+        raise ValueError(f"wgrad={wgrad!r}: expected one of {', '.join(map(repr, WGRAD_MODES))}")
+    kernels_cpu.check_mode(cpu_kernels)
+    backend = backend or jax.default_backend()
+    if wgrad == "auto":
+        matmul = backend == "cpu" and xla_flags_lib.ynn_takes_convolutions(xla_flags)
+    else:
+        matmul = wgrad == "shifted"
+    return ConvChoices(matmul_wgrad=matmul, matmul_wgrad_all=wgrad == "shifted",
+                       cpu_kernels=kernels_cpu.enabled(cpu_kernels, backend))
+
+
 def conv2d(
     x: Array,
     kernel: Array,
@@ -94,13 +158,15 @@ def conv2d(
     groups: int = 1,
     layout: str = "NHWC",
     compute_dtype=jnp.float32,
+    conv: ConvChoices = ConvChoices(),
 ) -> Array:
     """2-D convolution of ``x`` (``[B,H,W,C]`` or ``[B,C,H,W]``) with a ``HWIO`` kernel.
 
     Symmetric integer ``padding`` as PyTorch's ``Conv2d``; output in ``compute_dtype``.
+    ``conv`` decides the kernel gradient (default: XLA's).
     """
     x = x.astype(compute_dtype)
-    if layout == "NHWC" and groups == 1 and _shifted_wgrad_for(kernel.shape, stride):
+    if layout == "NHWC" and groups == 1 and _matmul_wgrad_for(conv, kernel.shape, stride):
         y = _conv_nhwc(x, kernel.astype(compute_dtype), stride, padding, dilation)
     else:
         y = jax.lax.conv_general_dilated(
@@ -118,49 +184,23 @@ def conv2d(
     return y
 
 
-#: ``SSD_JAX_CONV_WGRAD``: ``auto`` (default), ``shifted`` or ``xla``.
-WGRAD_ENV = "SSD_JAX_CONV_WGRAD"
-
-
-def use_shifted_wgrad(backend: str | None = None) -> bool:
-    """Whether NHWC convolutions take :func:`_conv_nhwc`'s matmul kernel gradient.
-
-    ``auto`` uses it on the CPU only, and only while XLA hands single convolutions to
-    YNNPACK (XLA's default flags; :func:`ssd_jax.xla_flags.ynn_takes_convolutions`), whose
-    kernel gradients are slow (VGG's conv1_2 at batch 4: 495 ms against 250 for the
-    matmuls). Under the ``train`` flag profile that launch.py sets, XLA's own kernel
-    gradient is the faster one (195 against 235 ms; whole steps equal or up to 9% faster:
-    benchmarks/RESULTS.md, "Custom CPU kernels"). GPUs and TPUs keep XLA's (cuDNN's).
-    The environment variable ``SSD_JAX_CONV_WGRAD`` (``shifted`` / ``xla``) forces either,
-    for the benchmarks. Read when a function is traced: set it before the first jit of a
-    train step.
-    """
-    mode = os.environ.get(WGRAD_ENV, "auto")
-    if mode not in ("auto", "shifted", "xla"):
-        raise ValueError(f"{WGRAD_ENV}={mode!r}: expected 'auto', 'shifted' or 'xla'")
-    if mode == "auto":
-        return (backend or jax.default_backend()) == "cpu" and xla_flags.ynn_takes_convolutions()
-    return mode == "shifted"
-
-
-#: In ``auto`` mode, stride-1 convolutions (not 1x1) with fewer input channels keep XLA's
-#: kernel gradient: with a contraction over so few channels the row matmuls lose (VGG's
-#: conv1_1, 3 -> 64 at 300x300, batch 4: 140 ms against XLA's 65 ms), and a whole
-#: ssd_compact train step (inputs of 3-32 channels) ran at 150 ms against 171 ms. 1x1 and
+#: Under ``matmul_wgrad`` (not ``matmul_wgrad_all``), stride-1 convolutions (not 1x1) with
+#: fewer input channels keep XLA's kernel gradient: contracting over so few channels, the
+#: row matmuls lose to it (VGG's conv1_1, the narrow ``ssd_compact`` layers). 1x1 and
 #: strided convolutions keep the matmuls whatever their width: with XLA's for all narrow
-#: ones, the SSDLite-MobileNetV2 step (1x1 convolutions from 16-32 channels on large maps,
-#: a strided stem) lost 17%.
-_SHIFTED_WGRAD_MIN_IN_CHANNELS = 64
+#: ones the SSDLite-MobileNetV2 step (1x1 convolutions from 16-32 channels on large maps,
+#: a strided stem) was slower (measured: benchmarks/README.md).
+_MATMUL_WGRAD_MIN_IN_CHANNELS = 64
 
 
-def _shifted_wgrad_for(kernel_shape, stride: int = 1) -> bool:
+def _matmul_wgrad_for(conv: ConvChoices, kernel_shape, stride: int = 1) -> bool:
     """Whether a convolution with this ``HWIO`` kernel and stride takes :func:`_conv_nhwc`."""
-    if not use_shifted_wgrad():
+    if not conv.matmul_wgrad:
         return False
-    if os.environ.get(WGRAD_ENV, "auto") == "shifted":  # forced for every convolution
+    if conv.matmul_wgrad_all:
         return True
     return (kernel_shape[0] == kernel_shape[1] == 1 or stride > 1
-            or kernel_shape[2] >= _SHIFTED_WGRAD_MIN_IN_CHANNELS)
+            or kernel_shape[2] >= _MATMUL_WGRAD_MIN_IN_CHANNELS)
 
 
 def _xla_conv_nhwc(x: Array, kernel: Array, stride: int, padding: int, dilation: int) -> Array:
@@ -178,8 +218,8 @@ def _conv_nhwc(x: Array, kernel: Array, stride: int, padding: int, dilation: int
     Forward and input gradient are XLA's own convolutions. The kernel gradient
     ``dW[i, j] = sum_{b,h,w} x_pad[b, s*h + d*i, s*w + d*j, :]^T dy[b, h, w, :]`` is
     computed with matmuls (one per kernel row for stride 1, one per tap otherwise) for
-    output maps of at least 32x32: XLA:CPU's convolution weight gradient was 1.2-3.8x
-    slower for VGG's layers (DESIGN.md section 6, benchmarks/RESULTS.md).
+    output maps of at least 32x32, where XLA:CPU's (YNNPACK's) convolution weight gradient
+    is slower for VGG's layers (measured: benchmarks/README.md).
     """
     return _xla_conv_nhwc(x, kernel, stride, padding, dilation)
 
@@ -188,9 +228,9 @@ def _conv_nhwc_fwd(x, kernel, stride, padding, dilation):
     return _xla_conv_nhwc(x, kernel, stride, padding, dilation), (x, kernel)
 
 
-#: Output maps smaller than this (pixels) keep XLA's own kernel gradient: at 19x19 it was
-#: faster (38 vs 46 ms for 512->512, batch 4); from 38x38 up the matmuls win (203 vs 243 ms
-#: at 38x38, 331 vs 1245 ms at 150x150, 678 vs 904 ms at 300x300).
+#: Output maps smaller than this (pixels) keep XLA's own kernel gradient: on small maps
+#: (19x19) it is the faster one, from 38x38 up the matmuls win (measured:
+#: benchmarks/README.md).
 _SHIFTED_WGRAD_MIN_PIXELS = 32 * 32
 
 
@@ -237,8 +277,8 @@ def _kernel_grad_by_rows(x_pad: Array, dy: Array, kernel_shape, dilation: int) -
     cheap slice of whole rows), and ``dy`` is laid at each column offset ``j*d`` in a
     zero ``W_p``-wide canvas, the ``k_w`` copies side by side on the channel axis; then
     ``dW[i, j] = rows_i^T dy_j`` for all ``j`` is one ``[C_in, N] x [N, k_w*C_out]`` matmul.
-    The zeros make the wrapped-around columns contribute nothing. At 300x300, 64 -> 64,
-    batch 4 this took 388 ms against 678 ms for the per-tap windows.
+    The zeros make the wrapped-around columns contribute nothing. Fewer, larger matmuls
+    than the per-tap windows, so faster (measured: benchmarks/README.md).
     """
     k_h, k_w = kernel_shape[:2]
     b, h_out, w_out, c_out = dy.shape
@@ -261,18 +301,20 @@ _conv_nhwc.defvjp(_conv_nhwc_fwd, _conv_nhwc_bwd)
 def depthwise_conv2d(
     x: Array, kernel: Array, bias: Array | None, *, stride: int = 1, padding: int = 0,
     dilation: int = 1, layout: str = "NHWC", compute_dtype=jnp.float32,
+    conv: ConvChoices = ConvChoices(),
 ) -> Array:
     """Depthwise convolution (``kernel [k, k, 1, C]``) as a sum of k*k shifted products.
 
     Same result as ``conv2d(..., groups=C)``, but XLA:CPU runs (and differentiates) this
     as fused elementwise work: its grouped-convolution gradients made the SSDLite train
-    step ~16x slower than torchvision (benchmarks/RESULTS.md). On the CPU, in float32
-    NHWC, the gradients come from :mod:`ssd_jax.kernels` when it is available
+    step many times slower than torchvision's (measured: benchmarks/README.md). With
+    ``conv.cpu_kernels``, in float32 NHWC, the gradients come from :mod:`ssd_jax.kernels`
     (:func:`_depthwise_nhwc`); the forward pass is the same either way.
     """
     x = x.astype(compute_dtype)
     w = kernel.astype(compute_dtype)[:, :, 0, :]  # [k, k, C]
-    if layout == "NHWC" and jnp.dtype(compute_dtype) == jnp.float32 and cpu_kernels.enabled():
+    if conv.cpu_kernels and layout == "NHWC" and jnp.dtype(compute_dtype) == jnp.float32:
+        kernels_cpu.require()  # the FFI targets registered in this process, also for hand-made ConvChoices
         y = _depthwise_nhwc(x, w, stride, padding, dilation)
     else:
         y = _depthwise_shifted(x, w, stride, padding, dilation, layout)
@@ -310,8 +352,7 @@ def _depthwise_shifted(x: Array, w: Array, stride: int, padding: int, dilation: 
 
 
 #: Kernels at least this wide take the FFI input gradient; 3x3 keeps autodiff's, which XLA
-#: fuses into one pass (batch 16, ms, XLA vs FFI: 3x3 80x80x144 5.7 vs 9.2, 160x160x96
-#: stride 2 7.5 vs 9.2; 5x5 40x40x120 13.8 vs 4.0, 80x80x72 stride 2 29.3 vs 3.7).
+#: fuses into one pass that is faster there (measured: benchmarks/README.md).
 _FFI_INPUT_GRAD_MIN_KERNEL = 5
 
 
@@ -319,10 +360,9 @@ _FFI_INPUT_GRAD_MIN_KERNEL = 5
 def _depthwise_nhwc(x: Array, w: Array, stride: int, padding: int, dilation: int) -> Array:
     """NHWC float32 depthwise convolution whose gradients are :mod:`ssd_jax.kernels`' one-pass
     CPU kernels: XLA:CPU differentiates the shifted products into k*k window copies, each
-    reduced against the cotangent (kernel gradient 61 ms against 8.8 ms at 80x80x144,
-    batch 16; benchmarks/RESULTS.md, "Custom CPU kernels"). Differentiable once (the
-    kernels have no derivatives of their own): for second-order work set
-    ``SSD_JAX_CPU_KERNELS=off``."""
+    reduced against the cotangent, which is much slower (measured: benchmarks/README.md).
+    Differentiable once (the kernels have no derivatives of their own): for second-order
+    work build the model with ``ConvChoices(cpu_kernels=False)``."""
     return _depthwise_shifted(x, w, stride, padding, dilation, "NHWC")
 
 
@@ -333,9 +373,9 @@ def _depthwise_nhwc_fwd(x, w, stride, padding, dilation):
 def _depthwise_nhwc_bwd(stride, padding, dilation, residuals, dy):
     x, w = residuals
     k = w.shape[0]
-    dw = cpu_kernels.depthwise_kernel_grad(x, dy, k, stride=stride, padding=padding, dilation=dilation)
+    dw = kernels_cpu.depthwise_kernel_grad(x, dy, k, stride=stride, padding=padding, dilation=dilation)
     if k >= _FFI_INPUT_GRAD_MIN_KERNEL:
-        dx = cpu_kernels.depthwise_input_grad(dy, w, x.shape, stride=stride, padding=padding, dilation=dilation)
+        dx = kernels_cpu.depthwise_input_grad(dy, w, x.shape, stride=stride, padding=padding, dilation=dilation)
     else:
         _, vjp = jax.vjp(lambda xx: _depthwise_shifted(xx, w, stride, padding, dilation, "NHWC"), x)
         (dx,) = vjp(dy)
@@ -347,6 +387,8 @@ _depthwise_nhwc.defvjp(_depthwise_nhwc_fwd, _depthwise_nhwc_bwd)
 
 class Conv2d(nnx.Module):
     """A convolution with PyTorch-style symmetric padding and a ``HWIO`` float32 kernel.
+
+    ``conv`` (static, not a parameter) decides how its gradients are computed.
 
     Attributes:
       kernel: ``[k, k, in/groups, out]`` float32 parameter.
@@ -367,6 +409,7 @@ class Conv2d(nnx.Module):
         kernel_init: Initializer = xavier_uniform,
         layout: str = "NHWC",
         compute_dtype=jnp.float32,
+        conv: ConvChoices,
         rngs: nnx.Rngs,
     ):
         if in_channels % groups or out_channels % groups:
@@ -378,6 +421,7 @@ class Conv2d(nnx.Module):
         self.dilation, self.groups = dilation, groups
         self.layout = check_layout(layout)
         self.compute_dtype = compute_dtype
+        self.conv_choices = conv
         shape = (kernel_size, kernel_size, in_channels // groups, out_channels)
         self.kernel = nnx.Param(kernel_init(rngs.params(), shape, jnp.float32))
         self.bias = nnx.Param(jnp.zeros((out_channels,), jnp.float32)) if use_bias else None
@@ -387,6 +431,7 @@ class Conv2d(nnx.Module):
             return depthwise_conv2d(
                 x, self.kernel[...], None if self.bias is None else self.bias[...], stride=self.stride,
                 padding=self.padding, dilation=self.dilation, layout=self.layout, compute_dtype=self.compute_dtype,
+                conv=self.conv_choices,
             )
         return conv2d(
             x,
@@ -398,6 +443,7 @@ class Conv2d(nnx.Module):
             groups=self.groups,
             layout=self.layout,
             compute_dtype=self.compute_dtype,
+            conv=self.conv_choices,
         )
 
     def layer(self, name: str) -> Layer:
@@ -413,8 +459,8 @@ def max_pool(
     Non-overlapping windows (``kernel == stride``, VGG's 2x2 pools) are a reshape and a
     ``max`` over the window axes: its gradient is one fused element-wise pass, where
     ``reduce_window``'s autodiff tracks each window's argmax through four int32 index
-    arrays of the input's size and a scatter (the SSD300 train step on the CPU, batch 4:
-    4.54-4.58 -> 4.34-4.43 s; benchmarks/RESULTS.md, "Custom CPU kernels"). The values
+    arrays of the input's size and a scatter, which made the SSD300 train step slower on
+    the CPU (measured: benchmarks/README.md). The values
     are the same; the gradient differs only on exact ties inside a window, which the
     reshape path shares out equally (``jnp.max``'s rule) where ``reduce_window`` gives it
     to one element (as PyTorch) — after a ReLU the only ties are zeros, whose gradient the
@@ -512,12 +558,13 @@ class ConvBNAct(nnx.Module):
         bn_epsilon: float = 1e-3,
         layout: str = "NHWC",
         compute_dtype=jnp.float32,
+        conv: ConvChoices,
         rngs: nnx.Rngs,
     ):
         self.conv = Conv2d(
             in_channels, out_channels, kernel_size, stride=stride, padding=(kernel_size - 1) // 2,
             groups=groups, use_bias=False, kernel_init=kernel_init, layout=layout,
-            compute_dtype=compute_dtype, rngs=rngs,
+            compute_dtype=compute_dtype, conv=conv, rngs=rngs,
         )
         self.bn = nnx.BatchNorm(
             out_channels, axis=channel_axis(layout), momentum=bn_momentum, epsilon=bn_epsilon,

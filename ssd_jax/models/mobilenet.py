@@ -53,9 +53,9 @@ def make_divisible(v: float, divisor: int = 8) -> int:
 class InvertedResidual(nnx.Module):
     """MobileNetV2 block: [1x1 expand] -> depthwise 3x3 (stride) -> 1x1 project (+ skip)."""
 
-    def __init__(self, inp: int, oup: int, stride: int, expand: int, *, layout, compute_dtype, rngs):
+    def __init__(self, inp: int, oup: int, stride: int, expand: int, *, layout, compute_dtype, conv, rngs):
         hidden = int(round(inp * expand))
-        kw = dict(layout=layout, compute_dtype=compute_dtype, rngs=rngs)
+        kw = dict(layout=layout, compute_dtype=compute_dtype, conv=conv, rngs=rngs)
         self.expand = L.ConvBNAct(inp, hidden, 1, **kw) if expand != 1 else None
         self.depthwise = L.ConvBNAct(hidden, hidden, 3, stride=stride, groups=hidden, **kw)
         self.project = L.ConvBNAct(hidden, oup, 1, activation=False, **kw)
@@ -85,9 +85,9 @@ class InvertedResidual(nnx.Module):
 class ExtraBlock(nnx.Module):
     """SSDLite extra block: 1x1 (out/2) -> depthwise 3x3 stride 2 -> 1x1 (out), BN + ReLU6."""
 
-    def __init__(self, inp: int, oup: int, *, layout, compute_dtype, rngs):
+    def __init__(self, inp: int, oup: int, *, layout, compute_dtype, conv, rngs):
         mid = oup // 2
-        kw = dict(layout=layout, compute_dtype=compute_dtype, kernel_init=L.xavier_uniform, rngs=rngs)
+        kw = dict(layout=layout, compute_dtype=compute_dtype, kernel_init=L.xavier_uniform, conv=conv, rngs=rngs)
         self.reduce = L.ConvBNAct(inp, mid, 1, **kw)
         self.depthwise = L.ConvBNAct(mid, mid, 3, stride=2, groups=mid, **kw)
         self.expand = L.ConvBNAct(mid, oup, 1, **kw)
@@ -151,14 +151,16 @@ class MobileNetV2Extractor(SSDLiteSources, nnx.Module):
 
     Args:
       width: the width multiplier (1.0 = MobileNetV2-1.0; 0.5, 0.75, 1.4 ...).
+      conv: how the convolutions compute their gradients (:class:`L.ConvChoices`).
     """
 
-    def __init__(self, width: float = 1.0, *, layout: str = "NHWC", compute_dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(self, width: float = 1.0, *, layout: str = "NHWC", compute_dtype=jnp.float32,
+                 conv: L.ConvChoices, rngs: nnx.Rngs):
         if not width > 0:
             raise ValueError(f"width multiplier must be positive, got {width}")
         self.width = float(width)
         self.layout = L.check_layout(layout)
-        kw = dict(layout=layout, compute_dtype=compute_dtype, rngs=rngs)
+        kw = dict(layout=layout, compute_dtype=compute_dtype, conv=conv, rngs=rngs)
         in_ch = make_divisible(32 * width)
         self.stem = L.ConvBNAct(3, in_ch, 3, stride=2, **kw)
         blocks = []

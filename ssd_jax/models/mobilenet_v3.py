@@ -73,8 +73,8 @@ def large_settings(reduced_tail: bool = True) -> tuple[Bneck, ...]:
 class SqueezeExcitation(nnx.Module):
     """``x * hardsigmoid(fc2(relu(fc1(mean_hw(x)))))`` with 1x1 convolutions (biases)."""
 
-    def __init__(self, channels: int, squeeze: int, *, compute_dtype, rngs):
-        kw = dict(kernel_init=L.kaiming_normal_fan_out, compute_dtype=compute_dtype, rngs=rngs)
+    def __init__(self, channels: int, squeeze: int, *, compute_dtype, conv, rngs):
+        kw = dict(kernel_init=L.kaiming_normal_fan_out, compute_dtype=compute_dtype, conv=conv, rngs=rngs)
         self.fc1 = L.Conv2d(channels, squeeze, 1, **kw)
         self.fc2 = L.Conv2d(squeeze, channels, 1, **kw)
 
@@ -88,8 +88,8 @@ class InvertedResidualV3(InvertedResidual):
     """[1x1 expand] -> depthwise kxk (stride) -> [SE] -> 1x1 project (+ skip); the forward
     pass and layer lists are MobileNetV2's block's."""
 
-    def __init__(self, cfg: Bneck, *, compute_dtype, rngs):  # not super().__init__: its layers differ
-        kw = dict(compute_dtype=compute_dtype, rngs=rngs)
+    def __init__(self, cfg: Bneck, *, compute_dtype, conv, rngs):  # not super().__init__: its layers differ
+        kw = dict(compute_dtype=compute_dtype, conv=conv, rngs=rngs)
         self.expand = (L.ConvBNAct(cfg.inp, cfg.expanded, 1, activation=cfg.activation, **kw)
                        if cfg.expanded != cfg.inp else None)
         self.depthwise = L.ConvBNAct(cfg.expanded, cfg.expanded, cfg.kernel, stride=cfg.stride, groups=cfg.expanded,
@@ -108,16 +108,17 @@ class MobileNetV3Extractor(SSDLiteSources, nnx.Module):
         ``make_divisible(c * width)``; the extra blocks keep 512, 256, 256, 128 channels, as
         in torchvision's ``ssdlite320_mobilenet_v3_large(width_mult=...)``.
       reduced_tail: halve the last stage (torchvision's SSDLite default without backbone weights).
+      conv: how the convolutions compute their gradients (:class:`L.ConvChoices`).
     """
 
     def __init__(self, width: float = 1.0, reduced_tail: bool = True, *, layout: str = "NHWC",
-                 compute_dtype=jnp.float32, rngs: nnx.Rngs):
+                 compute_dtype=jnp.float32, conv: L.ConvChoices, rngs: nnx.Rngs):
         if not width > 0:
             raise ValueError(f"width multiplier must be positive, got {width}")
         if L.check_layout(layout) != "NHWC":
             raise ValueError("the MobileNetV3 extractor runs NHWC only")
         self.width, self.layout = float(width), layout
-        kw = dict(compute_dtype=compute_dtype, rngs=rngs)
+        kw = dict(compute_dtype=compute_dtype, conv=conv, rngs=rngs)
 
         def ch(c: int) -> int:
             return make_divisible(c * width)

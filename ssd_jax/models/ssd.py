@@ -45,6 +45,7 @@ import numpy as np
 from flax import nnx
 
 from ssd_jax import anchors
+from ssd_jax.models.layers import ConvChoices
 from ssd_jax.receptive_field import Layer, receptive_fields
 
 Array = jax.Array
@@ -65,9 +66,11 @@ class SSD(nnx.Module):
       spec: the prior layout the predictions must line up with.
       num_classes: object classes C (background excluded); logits have C + 1 columns.
       name: model name, for messages.
+      conv: the head's :class:`~ssd_jax.models.layers.ConvChoices` (give the extractor's).
     """
 
-    def __init__(self, extractor, head_cls, spec: anchors.PriorSpec, num_classes: int, *, name: str = "ssd", compute_dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(self, extractor, head_cls, spec: anchors.PriorSpec, num_classes: int, *, name: str = "ssd",
+                 compute_dtype=jnp.float32, conv: ConvChoices, rngs: nnx.Rngs):
         if num_classes < 1:
             raise ValueError(f"num_classes (object classes, background excluded) must be >= 1, got {num_classes}")
         stacks = extractor.layer_stacks()
@@ -87,7 +90,8 @@ class SSD(nnx.Module):
         self.num_classes = num_classes
         self.compute_dtype = compute_dtype
         self.extractor = extractor
-        self.head = head_cls(extractor.out_channels, spec.boxes_per_cell, num_classes + 1, compute_dtype=compute_dtype, rngs=rngs)
+        self.head = head_cls(extractor.out_channels, spec.boxes_per_cell, num_classes + 1, compute_dtype=compute_dtype,
+                             conv=conv, rngs=rngs)
 
     def __call__(self, images: Array, train: bool = False) -> tuple[Array, Array]:
         """``images [B,S,S,3]`` -> ``(class_logits [B,P,C+1], box_offsets [B,P,4])`` float32."""

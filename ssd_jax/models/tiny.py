@@ -13,7 +13,7 @@ from flax import nnx
 
 from ssd_jax import anchors
 from ssd_jax.models import heads, ssd
-from ssd_jax.models.layers import ConvBNAct
+from ssd_jax.models.layers import ConvBNAct, ConvChoices, resolve_conv_choices
 
 NAME = "tiny_cnn"
 
@@ -23,8 +23,8 @@ class TinyExtractor(nnx.Module):
 
     source_names = ("conv2", "conv3")
 
-    def __init__(self, *, compute_dtype=jnp.float32, rngs: nnx.Rngs):
-        kw = dict(stride=2, compute_dtype=compute_dtype, rngs=rngs)
+    def __init__(self, *, compute_dtype=jnp.float32, conv: ConvChoices, rngs: nnx.Rngs):
+        kw = dict(stride=2, compute_dtype=compute_dtype, conv=conv, rngs=rngs)
         self.conv1 = ConvBNAct(3, 8, 3, **kw)
         self.conv2 = ConvBNAct(8, 16, 3, **kw)
         self.conv3 = ConvBNAct(16, 16, 3, **kw)
@@ -48,8 +48,12 @@ def tiny_prior_spec(image_size: int = 32) -> anchors.PriorSpec:
     return anchors.PriorSpec.from_scales(image_size, sizes, (0.2, 0.5, 0.9), ((2.0,), (2.0,)), name=f"TINY{image_size}")
 
 
-def build_tiny(num_classes: int, image_size: int = 32, *, compute_dtype=jnp.float32, rngs: nnx.Rngs | None = None) -> ssd.SSD:
+def build_tiny(num_classes: int, image_size: int = 32, *, compute_dtype=jnp.float32, conv: ConvChoices | None = None,
+               rngs: nnx.Rngs | None = None) -> ssd.SSD:
+    """The tiny SSD; ``conv`` as in :func:`ssd_jax.models.build_model` (default
+    ``resolve_conv_choices()``, at build time)."""
+    conv = conv if conv is not None else resolve_conv_choices()
     rngs = rngs if rngs is not None else nnx.Rngs(0)
-    extractor = TinyExtractor(compute_dtype=compute_dtype, rngs=rngs)
+    extractor = TinyExtractor(compute_dtype=compute_dtype, conv=conv, rngs=rngs)
     return ssd.SSD(extractor, heads.SSDHead, tiny_prior_spec(image_size), num_classes, name=NAME,
-                   compute_dtype=compute_dtype, rngs=rngs)
+                   compute_dtype=compute_dtype, conv=conv, rngs=rngs)

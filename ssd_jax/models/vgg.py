@@ -68,15 +68,17 @@ class VGG16Extractor(nnx.Module):
       variant: 300 (SSD300: 6 source maps) or 512 (SSD512: 7 source maps).
       layout: activation layout inside the network, ``"NHWC"`` or ``"NCHW"``; the
         input and the returned feature maps are always NHWC.
+      conv: how the convolutions compute their gradients (:class:`L.ConvChoices`).
     """
 
-    def __init__(self, variant: int = 300, *, layout: str = "NHWC", compute_dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(self, variant: int = 300, *, layout: str = "NHWC", compute_dtype=jnp.float32,
+                 conv: L.ConvChoices, rngs: nnx.Rngs):
         if variant not in EXTRAS:
             raise ValueError(f"VGG16 SSD variant must be one of {sorted(EXTRAS)}, got {variant!r}")
         self.variant = variant
         self.layout = L.check_layout(layout)
         self.compute_dtype = compute_dtype
-        kw = dict(layout=layout, compute_dtype=compute_dtype, rngs=rngs)
+        kw = dict(layout=layout, compute_dtype=compute_dtype, conv=conv, rngs=rngs)
         in_ch = 3
         for names, ch in VGG16_STAGES:
             for name in names:
