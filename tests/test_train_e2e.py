@@ -33,7 +33,8 @@ def test_launch_train_runlocal_writes_checkpoints_config_and_metrics(tmp_path):
     # ... and its glibc malloc settings (ssd_jax/host_malloc.py; a user's own values win)
     if host_malloc.missing({}):
         assert info["malloc_env"] == {k: os.environ.get(k, v) for k, v in host_malloc.SETTINGS.items()}
-    assert info["cpu_kernels"] == os.environ.get("SSD_JAX_CPU_KERNELS", "auto")
+    assert config["model"]["cpu_kernels"] == "auto" and config["model"]["conv_wgrad"] == "auto"  # the run's choices
+    assert "ssd_jax process: " in proc.stderr and "xla_profile train" in proc.stderr  # runtime's one line
     assert info["cpu"] == run_info.cpu_model()
     lines = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines if "loss" in x] == [2, 4]
@@ -61,7 +62,7 @@ def test_launch_train_bad_key_is_a_clear_error(tmp_path):
 SHARDING_SCRIPT = textwrap.dedent("""
     import jax, numpy as np
     from flax import nnx
-    from ssd_jax import anchors, parallel, train
+    from ssd_jax import anchors, parallel, train_step as train
     from ssd_jax.models import tiny as tiny_model
     from tests._train_helpers import fixed_batch
     assert jax.device_count() == 8, jax.devices()

@@ -9,7 +9,7 @@ from flax import nnx
 
 from ssd_jax import anchors, parallel
 from ssd_jax.models import tiny as tiny_model
-from ssd_jax import train as train_lib
+from ssd_jax import train_step as train_lib
 from ssd_jax.models import params_io
 
 from tests._train_helpers import fixed_batch
