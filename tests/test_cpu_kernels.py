@@ -225,19 +225,33 @@ TRAIN_STEP_SHARDED = textwrap.dedent("""
                                    conv=models.resolve_conv_choices(cpu_kernels="on"), rngs=nnx.Rngs(0))
         tx, sched = train.make_optimizer(train.OptimConfig(batch_size=8, lr=0.05, lr_batch_size=8))
         g, state = train.create_train_state(model, tx)
-        step = parallel.jit_train_step(train.make_train_step(g, tx, sched, anchors.generate(model.spec)), mesh,
-                                       parallel.replicate(state, mesh))
+        p0 = jax.device_get(state.params)
+        # Every negative kept: no hard-negative selection whose boundary a rounding difference can move.
+        loss_cfg = train.LossConfig(neg_pos_ratio=1e6)
+        step = parallel.jit_train_step(train.make_train_step(g, tx, sched, anchors.generate(model.spec), loss_cfg),
+                                       mesh, parallel.replicate(state, mesh))
         state = parallel.replicate(state, mesh)
         batch = parallel.global_batch(fixed_batch(8, size=64), mesh, 8)
         compiled = step.lower(state, batch).compile()  # one compilation: its text and its run
         state, m = compiled(state, batch)
-        return float(m["loss"]), jax.device_get(state.params), compiled.as_text()
+        return float(m["loss"]), p0, jax.device_get(state.params), compiled.as_text()
 
-    l1, p1, _ = run(jax.devices()[:1])
-    l8, p8, hlo = run(jax.devices())
+    def rel(a, b):  # |b - a| / |a|
+        a, b = np.ravel(a), np.ravel(b)
+        return float(np.linalg.norm(b - a) / np.linalg.norm(a))
+
+    l1, p0, p1, _ = run(jax.devices()[:1])
+    l8, _, p8, hlo = run(jax.devices())
     assert hlo.count("ssd_jax_depthwise_kernel_grad") > 0 and hlo.count("ssd_jax_depthwise_input_grad") > 0
     np.testing.assert_allclose(l1, l8, rtol=1e-5)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4), p1, p8)
+    flat = lambda t: np.concatenate([np.ravel(x) for x in jax.tree.leaves(t)])
+    assert rel(flat(p1) - flat(p0), flat(p8) - flat(p0)) < 0.05
+    paths = [jax.tree_util.keystr(k) for k, _ in jax.tree_util.tree_leaves_with_path(p0)]
+    depthwise = [i for i, k in enumerate(paths) if "depthwise" in k and "kernel" in k]
+    assert len(depthwise) > 10
+    for i in depthwise:
+        a0, a1, a8 = (jax.tree.leaves(t)[i] for t in (p0, p1, p8))
+        assert rel(a1 - a0, a8 - a0) < 0.05, (paths[i], rel(a1 - a0, a8 - a0))
     print("OK")
 """)
 
@@ -245,7 +259,15 @@ TRAIN_STEP_SHARDED = textwrap.dedent("""
 @pytest.mark.slow
 def test_sharded_ssdlite_train_step_matches_one_device(kernels):
     """launch.py's data-parallel step (parallel.jit_train_step) on SSDLite-MobileNetV3 over 8
-    simulated devices, the kernels inside: one step gives one device's loss and parameters."""
+    simulated devices, the kernels inside: one step gives one device's loss, and its
+    parameter update to 5%, every depthwise kernel's too.
+
+    Why not equal to 1e-3: float32 sums in another order on 8 devices, and batch norm on
+    this network's 1x1 maps (batch 8) amplifies that difference; on an AMD EPYC family 25
+    model 1 it reaches 2% of the update (family 26 passed an element-wise 1e-3). A wrong partitioning of
+    the kernels is far outside 5%: one device's share alone is 1/8 of the kernel gradient
+    (87.5% off), a sum over replicated values 8x.
+    """
     env = {**os.environ, "PYTHONPATH": ROOT, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
     proc = subprocess.run([sys.executable, "-c", TRAIN_STEP_SHARDED], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=600)
