@@ -38,15 +38,9 @@ import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from ssd_jax import host_malloc, run_info, runtime, xla_flags
 
-from ssd_jax import host_malloc, xla_flags, run_info  # noqa: E402 (after the path)
-
-if __name__ == "__main__":  # as launch.py: glibc malloc settings (ssd_jax/host_malloc.py), restarts once
-    host_malloc.reexec_with_settings()
-
-#: torchvision 0.29, CPU, 2 threads, this kind of machine (issue 3).
+#: torchvision 0.29, CPU, 2 threads, the recorded reference figures.
 RECORDED_TORCH = {"ssd300_infer_b1": 2.6, "ssd300_train_b4": 0.94, "ssdlite_train_b16": 11.3, "ssdlite_v3_train_b16": 11.3}
 
 TORCH_SCRIPT = r"""
@@ -217,7 +211,8 @@ def main(argv=None):
             cases = [c for c in cases if c[3]]
         profile = "train" if any(c[3] for c in cases) else "inference"
     original_flags = os.environ.get("XLA_FLAGS", "")
-    xla_flags.apply(profile)  # before JAX starts its backend (it does in the first case)
+    # as launch.py (ssd_jax/runtime.py): allocator restart, this profile's flags, before JAX starts
+    runtime.setup_process("eval" if profile == "inference" else "train")
     child_rows = {}
     if inference_child:
         import tempfile
