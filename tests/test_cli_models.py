@@ -24,10 +24,20 @@ def test_inspect_light_model_any_size(capsys):
 
 
 def test_inspect_config(tmp_path, capsys):
+    """An experiment file of the user's own, read through the one loader and schema."""
     cfg = tmp_path / "cfg.py"
-    cfg.write_text("def get_config():\n    return {'model': {'name': 'ssd512_vgg16'}, 'num_classes': 80}\n")
-    assert main(["inspect", "--config", str(cfg)]) == 0
-    assert "80 classes" in capsys.readouterr().out
+    cfg.write_text("from experiments.base import base_config\n"
+                   "def get_config(arg=None):\n    c = base_config()\n    c.model.name = 'ssd512_vgg16'\n"
+                   "    c.model.image_size = 512\n    return c\n")
+    assert main(["inspect", "--config", str(cfg), "--num-classes", "80"]) == 0
+    out = capsys.readouterr().out
+    assert "80 classes" in out and "512" in out
+    bad = tmp_path / "bad.py"
+    bad.write_text("from experiments.base import base_config\n"
+                   "def get_config(arg=None):\n    c = base_config()\n    c.model.nmae = 'x'\n    return c\n")
+    with pytest.raises(SystemExit):
+        main(["inspect", "--config", str(bad)])
+    assert "model.nmae (did you mean model.name?)" in capsys.readouterr().err
 
 
 def test_inspect_demo_config_shows_its_depth(capsys):
