@@ -67,7 +67,7 @@ def test_keeps_the_last_k_checkpoints(cache_dir, tmp_path):
 def test_keeps_the_latest_and_the_best_evaluated_checkpoint(cache_dir, tmp_path, monkeypatch):
     scores = {2: 0.5, 4: 0.9, 6: 0.1, 8: 0.2}
     steps = iter(sorted(scores))
-    monkeypatch.setattr(training_loop, "evaluate", lambda *a, **k: {"mAP": scores[next(steps)]})
+    monkeypatch.setattr(training_loop.eval_loop, "evaluate", lambda *a, **k: ({"mAP": scores[next(steps)]}, 1.0))
     config = tiny_config(cache_dir, num_steps=8, checkpoint_every=2, keep_checkpoints=1, eval_every=2,
                          eval_at_end=True)
     result = training_loop.train_and_evaluate(config, str(tmp_path))
