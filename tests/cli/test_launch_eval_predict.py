@@ -1,0 +1,69 @@
+"""``launch.py eval`` and ``launch.py predict`` on a tiny training run (subprocesses),
+including a checkpoint saved on 1 device evaluated on 8 simulated CPU devices."""
+
+import glob
+import json
+import os
+import shutil
+
+import pytest
+
+from ssd_jax import restore
+from ssd_jax.cli import main
+
+
+@pytest.mark.xdist_group("launched_run")
+def test_eval_on_1_and_8_devices_and_predict(tmp_path, launched_run, run_python):
+    workdir, cache = tmp_path / "run", launched_run[1]
+    shutil.copytree(launched_run[0], workdir)
+
+    def _run(args, env_extra=None):
+        return run_python(["launch.py", *args], env_extra)
+
+    proc = _run(["eval", f"--workdir={workdir}"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "checkpoint step 4" in proc.stdout and "images/s" in proc.stdout and "mAP" in proc.stdout
+    one = json.loads((workdir / "eval" / "step_4.json").read_text())
+    assert one["devices"] == 1 and 0.0 <= one["metrics"]["mAP"] <= 1.0
+    assert (workdir / "eval" / "step_4_pr.png").stat().st_size > 1000
+
+    proc = _run(["eval", f"--workdir={workdir}", "--step=4"],
+                env_extra={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    eight = json.loads((workdir / "eval" / "step_4.json").read_text())
+    assert eight["devices"] == 8
+    for key, value in one["metrics"].items():
+        assert abs(eight["metrics"][key] - value) < 1e-6 or (value != value and eight["metrics"][key] != eight["metrics"][key]), key
+
+    # --best: step 4 was evaluated by the training log and above; an earlier eval of step 2
+    # (written here, with a known score) ties it (the later step wins), then beats it.
+    record = {"step": 2, "metric": "voc", "num_images": one["num_images"], "devices": 1, "metrics": {}}
+    for score, expected in ((one["metrics"]["mAP"], 4), (one["metrics"]["mAP"] + 0.1, 2)):
+        record["metrics"]["mAP"] = score
+        (workdir / "eval" / "step_2.json").write_text(json.dumps(record))
+        assert restore.best_step(str(workdir)) == (expected, pytest.approx(max(score, one["metrics"]["mAP"])))
+    proc = _run(["eval", f"--workdir={workdir}", "--best"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "best kept checkpoint: step 2" in proc.stdout and "checkpoint step 2" in proc.stdout
+
+    images = sorted(glob.glob(str(cache / "**" / "*.jpg"), recursive=True))[:2]
+    out = tmp_path / "pred"
+    proc = _run(["predict", f"--workdir={workdir}", "--images", *images, f"--output={out}", "--score-threshold=0.0"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    drawn = sorted(os.listdir(out))
+    assert len([f for f in drawn if f.endswith(".png")]) == 2 and "detections.json" in drawn
+    dets = json.loads((out / "detections.json").read_text())
+    assert all(set(d) == {"image_id", "category_id", "score", "bbox"} for d in dets)
+    assert {d["image_id"] for d in dets} <= {os.path.basename(p) for p in images}
+
+
+@pytest.mark.xdist_group("launched_run")
+def test_eval_and_predict_errors_name_the_problem(launched_run, tmp_path, capsys):
+    """The commands' own error paths, called in this process (``launch.py`` only adds the
+    process setup)."""
+    workdir = str(launched_run[0])
+    with pytest.raises(ValueError, match=r"no checkpoint for step 3 .*saved steps: \[2, 4\]"):
+        main(["eval", f"--workdir={workdir}", "--step=3"])
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", f"--workdir={workdir}", "--images", str(tmp_path / "nope.jpg"), f"--output={tmp_path}"])
+    assert exit_info.value.code == 2 and "not found" in capsys.readouterr().err

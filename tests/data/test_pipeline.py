@@ -1,0 +1,203 @@
+"""The grain pipeline: shapes, determinism across worker counts, exact resume, max_boxes, eval."""
+
+import logging
+
+import grain
+import numpy as np
+import pytest
+
+from ssd_jax.data.builtin import BuiltinSpec, builtin_source
+from ssd_jax.data.coco import coco_source
+from ssd_jax.data.pipeline import PipelineConfig, eval_dataset, pad_objects, train_dataset
+
+SPEC = BuiltinSpec(num_train=20, num_val=5, min_side=48, max_side=64)
+CFG = PipelineConfig(image_size=32, batch_size=4, max_boxes=6, seed=7)
+HOST = dict(process_index=0, process_count=1)
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture(scope="module")
+def train_src(cache_dir):
+    return builtin_source("train", SPEC, cache_dir, workers=0, progress=False)
+
+
+def take(iterator, n):
+    return [next(iterator) for _ in range(n)]
+
+
+def assert_same(a, b):
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert x.keys() == y.keys()
+        for k in x:
+            np.testing.assert_array_equal(x[k], y[k], err_msg=k)
+
+
+def test_batch_format(train_src):
+    batch = next(iter(train_dataset(train_src, CFG, **HOST)))
+    assert set(batch) == {"image", "boxes", "labels"}
+    assert batch["image"].shape == (4, 32, 32, 3) and batch["image"].dtype == np.float32
+    assert batch["boxes"].shape == (4, 6, 4) and batch["boxes"].dtype == np.float32
+    assert batch["labels"].shape == (4, 6) and batch["labels"].dtype == np.int32
+    assert batch["labels"].min() >= 0 and batch["labels"].max() <= 10
+    real = batch["labels"] > 0
+    b = batch["boxes"][real]
+    assert (b >= 0).all() and (b <= 1).all() and (b[:, 2:] > b[:, :2]).all()
+    assert (batch["boxes"][~real] == 0).all()
+    assert abs(float(batch["image"].mean())) < 2  # normalised
+
+
+def test_same_batches_for_0_and_2_workers_and_exact_resume(train_src):
+    """One uninterrupted run at 0 workers is the reference; a 2-worker run and runs
+    resumed from saved states (0 and 2 workers) must see exactly its batches."""
+    n_before, n_after = 3, 4  # 7 batches of 4 cross the 20-record epoch boundary
+    ref = take(iter(train_dataset(train_src, CFG, **HOST)), n_before + n_after)
+
+    it0 = iter(train_dataset(train_src, CFG, **HOST))
+    take(it0, n_before)
+    state0 = it0.get_state()
+    resumed0 = iter(train_dataset(train_src, CFG, **HOST))
+    resumed0.set_state(state0)
+    assert_same(take(resumed0, n_after), ref[n_before:])
+
+    cfg2 = PipelineConfig(**{**CFG.__dict__, "num_workers": 2})
+    it2 = iter(train_dataset(train_src, cfg2, **HOST))
+    try:
+        first = take(it2, n_before)
+        state2 = it2.get_state()
+        rest = take(it2, n_after)
+    finally:
+        it2.close()
+    assert_same(first + rest, ref)
+    resumed2 = iter(train_dataset(train_src, cfg2, **HOST))
+    try:
+        resumed2.set_state(state2)
+        assert_same(take(resumed2, n_after), ref[n_before:])
+    finally:
+        resumed2.close()
+
+
+def test_orbax_checkpoint_of_the_iterator(train_src, tmp_path):
+    import orbax.checkpoint as ocp
+
+    ref = take(iter(train_dataset(train_src, CFG, **HOST)), 5)
+    it = iter(train_dataset(train_src, CFG, **HOST))
+    take(it, 2)
+    with ocp.CheckpointManager(str(tmp_path / "ckpt")) as mngr:
+        mngr.save(2, args=ocp.args.Composite(data=grain.checkpoint.CheckpointSave(it)))
+        mngr.wait_until_finished()
+    fresh = iter(train_dataset(train_src, CFG, **HOST))
+    with ocp.CheckpointManager(str(tmp_path / "ckpt")) as mngr:
+        restored = mngr.restore(2, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(fresh)))
+    assert_same(take(restored["data"], 3), ref[2:])
+
+
+def test_seed_and_epoch_change_the_stream(train_src):
+    a = take(iter(train_dataset(train_src, CFG, **HOST)), 10)  # two epochs of 5 batches
+    b = take(iter(train_dataset(train_src, PipelineConfig(**{**CFG.__dict__, "seed": 8}), **HOST)), 1)
+    assert not np.array_equal(a[0]["image"], b[0]["image"])
+    assert not np.array_equal(a[0]["image"], a[5]["image"])  # new permutation and new RNG
+
+
+def test_each_epoch_visits_every_record_once(train_src):
+    cfg = PipelineConfig(**{**CFG.__dict__, "augment": None, "batch_size": 5, "num_epochs": 2})
+    batches = list(iter(train_dataset(train_src, cfg, **HOST)))
+    assert len(batches) == 8
+    ev = eval_dataset(train_src, PipelineConfig(**{**cfg.__dict__, "batch_size": 20}), **HOST)
+    reference = next(iter(ev))["image"].reshape(20, -1)
+    for epoch in range(2):
+        images = np.concatenate([b["image"] for b in batches[4 * epoch : 4 * epoch + 4]]).reshape(20, -1)
+        order = [int(np.flatnonzero((reference == row).all(axis=1))[0]) for row in images]
+        assert sorted(order) == list(range(20))
+        if epoch == 0:
+            first_order = order
+    assert order != first_order
+
+
+def test_hosts_get_disjoint_shards(train_src):
+    cfg = PipelineConfig(**{**CFG.__dict__, "augment": None, "batch_size": 10, "num_epochs": 1})
+    seen = []
+    for pi in range(2):
+        (batch,) = list(iter(train_dataset(train_src, cfg, process_index=pi, process_count=2)))
+        seen.append({arr.tobytes() for arr in batch["image"]})
+    assert not seen[0] & seen[1] and len(seen[0] | seen[1]) == 20
+
+
+def test_pad_objects():
+    boxes = np.arange(20, dtype=np.float32).reshape(5, 4)
+    labels = np.arange(1, 6, dtype=np.int32)
+    b, l, d, dropped = pad_objects(boxes, labels, 3, np.array([0, 1, 0, 1, 0], bool))
+    np.testing.assert_array_equal(b, boxes[:3]) ; np.testing.assert_array_equal(l, [1, 2, 3])
+    np.testing.assert_array_equal(d, [False, True, False]) ; assert dropped == 2
+    b, l, dropped = pad_objects(boxes[:1], labels[:1], 3)
+    np.testing.assert_array_equal(l, [1, 0, 0]) ; assert (b[1:] == 0).all() and dropped == 0
+
+
+def _crowded_coco(tmp_path, make_coco):
+    anns = [{"id": k + 1, "image_id": 1, "category_id": 1, "bbox": [k * 4, 0, 4, 4], "iscrowd": 0} for k in range(5)]
+    anns.append({"id": 9, "image_id": 2, "category_id": 2, "bbox": [2, 2, 10, 10], "iscrowd": 0})
+    data = {
+        "images": [{"id": 1, "file_name": "a.jpg", "width": 20, "height": 20},
+                   {"id": 2, "file_name": "b.jpg", "width": 16, "height": 16}],
+        "annotations": anns,
+        "categories": [{"id": 1, "name": "x"}, {"id": 2, "name": "y"}],
+    }
+    return coco_source(*make_coco(str(tmp_path), data))
+
+
+def test_max_boxes_pads_and_drops_with_a_counted_warning(tmp_path, caplog, make_coco):
+    src = _crowded_coco(tmp_path, make_coco)
+    cfg = PipelineConfig(image_size=20, batch_size=2, max_boxes=3, augment=None, num_epochs=1)
+    with caplog.at_level(logging.WARNING):
+        (batch,) = list(iter(train_dataset(src, cfg, **HOST)))
+    counts = sorted((batch["labels"] > 0).sum(axis=1).tolist())
+    assert counts == [1, 3]
+    full = int(np.argmax((batch["labels"] > 0).sum(axis=1)))
+    np.testing.assert_allclose(batch["boxes"][full], [[0, 0, .2, .2], [.2, 0, .4, .2], [.4, 0, .6, .2]], atol=1e-6)
+    msgs = [r.getMessage() for r in caplog.records if "max_boxes" in r.getMessage()]
+    assert len(msgs) == 1 and "dropped 2" in msgs[0] and "(2 object(s) dropped so far)" in msgs[0]
+
+
+def test_difficult_objects_dropped_unless_asked(tmp_path, make_coco):
+    data = {
+        "images": [{"id": 1, "file_name": "a.jpg", "width": 20, "height": 20}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 5, 5], "iscrowd": 1},
+                        {"id": 2, "image_id": 1, "category_id": 1, "bbox": [5, 5, 5, 5], "iscrowd": 0}],
+        "categories": [{"id": 1, "name": "x"}],
+    }
+    src = coco_source(*make_coco(str(tmp_path), data), crowd="difficult")
+    base = dict(image_size=20, batch_size=1, max_boxes=4, augment=None, num_epochs=1)
+    (b,) = list(iter(train_dataset(src, PipelineConfig(**base), **HOST)))
+    assert (b["labels"][0] > 0).sum() == 1
+    (b,) = list(iter(train_dataset(src, PipelineConfig(**base, use_difficult=True), **HOST)))
+    assert (b["labels"][0] > 0).sum() == 2
+
+
+def test_eval_one_pass_padded_with_valid_mask_and_indices(cache_dir):
+    src = builtin_source("val", SPEC, cache_dir, workers=0, progress=False)
+    cfg = PipelineConfig(image_size=32, batch_size=2, max_boxes=6)
+    batches = list(iter(eval_dataset(src, cfg, **HOST)))
+    assert len(batches) == 3
+    valid = np.concatenate([b["valid"] for b in batches])
+    index = np.concatenate([b["index"] for b in batches])
+    np.testing.assert_array_equal(valid, [1, 1, 1, 1, 1, 0])
+    np.testing.assert_array_equal(index, [0, 1, 2, 3, 4, -1])
+    r = src.records[3]
+    b = batches[1]
+    n = r.num_objects
+    np.testing.assert_allclose(b["boxes"][1, :n], r.boxes / [r.width, r.height, r.width, r.height], rtol=1e-6)
+    np.testing.assert_array_equal(b["labels"][1, :n], r.labels)
+    np.testing.assert_array_equal(b["image_size"][1], [r.height, r.width])
+    assert b["difficult"].shape == (2, 6)
+    # two hosts: the same number of batches each, together every record once
+    per_host = [list(iter(eval_dataset(src, cfg, process_index=p, process_count=2))) for p in range(2)]
+    assert len(per_host[0]) == len(per_host[1]) == 2
+    idx = np.concatenate([b["index"][b["valid"]] for h in per_host for b in h])
+    assert sorted(idx.tolist()) == [0, 1, 2, 3, 4]
+    # no augmentation: two runs agree
+    again = list(iter(eval_dataset(src, cfg, **HOST)))
+    assert_same(batches, again)

@@ -1,0 +1,135 @@
+"""torchvision weight import: our outputs equal torchvision's for the same weights and input.
+
+* Without torch: the committed fixture ``fixtures/torchvision_ssd300.npz`` holds
+  torchvision's ``model.head(model.backbone(x))`` for numpy-generated weights
+  (``fixtures/synthetic_weights.py``; made by ``fixtures/make_torchvision_fixture.py``).
+  We regenerate the same weights, convert them and compare to 1e-4 relative.
+* With torch + torchvision importable: the same against a live, randomly initialised
+  torchvision model (skipped otherwise, with the reason).
+"""
+
+import importlib.util
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from ssd_jax import models
+from ssd_jax.models import params_io, torchvision_import as ti
+
+FIXTURES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures")
+FIXTURE = os.path.join(FIXTURES, "torchvision_ssd300.npz")
+
+
+def _synthetic():
+    spec = importlib.util.spec_from_file_location("synthetic_weights", os.path.join(FIXTURES, "synthetic_weights.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def converted_model(flat, num_classes):
+    """An ssd300_vgg16 holding exactly the converted params (no random init)."""
+    model = nnx.eval_shape(lambda: models.build_model("ssd300_vgg16", num_classes))
+    params_io.assign(model, flat, strict=True)
+    return model
+
+
+def assert_close_relative(ours, ref, rtol=1e-4):
+    ours, ref = np.asarray(ours), np.asarray(ref)
+    assert ours.shape == ref.shape
+    np.testing.assert_allclose(ours, ref, rtol=rtol, atol=rtol * np.abs(ref).max())
+
+
+def run(model, x_nhwc):
+    return jax.jit(lambda m, x: m(x))(model, jnp.asarray(x_nhwc))
+
+
+def test_ssd300_matches_recorded_torchvision_outputs():
+    sw = _synthetic()
+    ref = np.load(FIXTURE)
+    assert int(ref["seed"]) == sw.SEED
+    flat, num_classes = ti.from_torchvision_ssd300(sw.ssd300_state_dict())
+    assert num_classes == int(ref["num_classes_tv"]) - 1
+    model = converted_model(flat, num_classes)
+    logits, offsets = run(model, sw.ssd300_input())
+    assert_close_relative(logits, ref["cls_logits"])
+    assert_close_relative(offsets, ref["bbox_regression"])
+
+
+def test_ssd300_import_rejects_other_architectures():
+    sw = _synthetic()
+    sd = sw.ssd300_state_dict()
+    sd["backbone.extra.5.0.weight"] = np.zeros((128, 256, 1, 1), np.float32)
+    with pytest.raises(KeyError, match="unexpected entries"):
+        ti.from_torchvision_ssd300(sd)
+    del sd["backbone.extra.5.0.weight"], sd["backbone.scale_weight"]
+    with pytest.raises(KeyError, match="backbone.scale_weight"):
+        ti.from_torchvision_ssd300(sd)
+
+
+def test_fc_reduction_is_every_4th_unit_and_every_3rd_tap():
+    o, c = 8, 2
+    fc6 = np.arange(o * c * 49, dtype=np.float32).reshape(o, c * 49)
+    k6, b6 = ti.reduce_fc6(fc6, np.arange(o, dtype=np.float32), in_channels=c)
+    assert k6.shape == (3, 3, c, o // 4)
+    view = fc6.reshape(o, c, 7, 7)
+    for out_idx, src_out in enumerate((0, 4)):
+        for y, sy in enumerate((0, 3, 6)):
+            for x, sx in enumerate((0, 3, 6)):
+                np.testing.assert_array_equal(k6[y, x, :, out_idx], view[src_out, :, sy, sx])
+    np.testing.assert_array_equal(b6, [0, 4])
+    fc7 = np.arange(8 * 8, dtype=np.float32).reshape(8, 8)
+    k7, b7 = ti.reduce_fc7(fc7, np.arange(8, dtype=np.float32))
+    assert k7.shape == (1, 1, 2, 2)
+    np.testing.assert_array_equal(k7[0, 0], fc7[::4, ::4].T)  # [in, out]
+    np.testing.assert_array_equal(b7, [0, 4])
+
+
+def test_vgg16_import_names_and_shapes():
+    rng = np.random.default_rng(0)
+    sd = {}
+    convs = [(0, 3, 64), (2, 64, 64), (5, 64, 128), (7, 128, 128), (10, 128, 256), (12, 256, 256), (14, 256, 256),
+             (17, 256, 512), (19, 512, 512), (21, 512, 512), (24, 512, 512), (26, 512, 512), (28, 512, 512)]
+    for i, cin, cout in convs:
+        sd[f"features.{i}.weight"] = rng.standard_normal((cout, cin, 3, 3), dtype=np.float32)
+        sd[f"features.{i}.bias"] = rng.standard_normal(cout, dtype=np.float32)
+    # the real fc6 is [4096, 25088]; a zero-stride view keeps this test light
+    sd["classifier.0.weight"] = np.broadcast_to(np.float32(0.5), (4096, 25088))
+    sd["classifier.0.bias"] = np.arange(4096, dtype=np.float32)
+    sd["classifier.3.weight"] = np.broadcast_to(np.float32(0.25), (4096, 4096))
+    sd["classifier.3.bias"] = np.arange(4096, dtype=np.float32)
+    flat = ti.from_torchvision_vgg16(sd)
+    assert flat["extractor/fc6/kernel"].shape == (3, 3, 512, 1024)
+    assert flat["extractor/fc7/kernel"].shape == (1, 1, 1024, 1024)
+    np.testing.assert_array_equal(flat["extractor/fc6/bias"], np.arange(0, 4096, 4))
+    np.testing.assert_array_equal(flat["extractor/conv3_2/kernel"], sd["features.12.weight"].transpose(2, 3, 1, 0))
+    for name in ("ssd300_vgg16", "ssd512_vgg16"):
+        model = nnx.eval_shape(lambda: models.build_model(name, 20))
+        assert len(params_io.assign(model, flat)) == 30  # partial: backbone only
+
+
+def test_reading_pth_without_torch_says_how_to_install(tmp_path):
+    if importlib.util.find_spec("torch") is not None:
+        pytest.skip("torch is installed here; the missing-torch message cannot be exercised")
+    with pytest.raises(ImportError, match=r"pip install -e '\.\[torch\]'"):
+        ti.read_pth(str(tmp_path / "model.pth"))
+
+
+@pytest.mark.slow
+def test_ssd300_matches_live_torchvision():
+    torch = pytest.importorskip("torch", reason="torch not installed (pip install -e '.[torch]'); the committed fixture covers the mapping")
+    torchvision = pytest.importorskip("torchvision", reason="torchvision not installed (pip install -e '.[torch]')")
+    torch.manual_seed(0)
+    tv = torchvision.models.detection.ssd300_vgg16(weights=None, weights_backbone=None, num_classes=4).eval()
+    sd = {k: v.numpy() for k, v in tv.state_dict().items()}
+    flat, num_classes = ti.from_torchvision_ssd300(sd)
+    x = np.random.default_rng(0).standard_normal((1, 300, 300, 3)).astype(np.float32)
+    with torch.no_grad():
+        out = tv.head(list(tv.backbone(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).values()))
+    logits, offsets = run(converted_model(flat, num_classes), x)
+    assert_close_relative(logits, out["cls_logits"].numpy())
+    assert_close_relative(offsets, out["bbox_regression"].numpy())

@@ -1,0 +1,391 @@
+"""training_loop + checkpointing: exact resume, NaN guard, SIGTERM, init_from (tiny network)."""
+
+import os
+import signal
+import threading
+import time
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from ssd_jax import builders, checkpointing, training_loop
+from ssd_jax import train_step as train_lib
+from ssd_jax.config import Settings
+from ssd_jax.metric_writers import read_metrics
+from ssd_jax.models import params_io
+
+
+
+def _params(result):
+    return params_io.flatten(nnx.to_pure_dict(jax.device_get(result["state"].params)))
+
+
+def _losses(workdir):
+    return {m["step"]: m["loss"] for m in read_metrics(workdir) if "loss" in m}
+
+
+def _resume_config(tiny_config, num_steps, num_workers=0):
+    # A step schedule (warmup, a drop at step 4 after the restart) does not depend on
+    # num_steps, so "stop at 3, then run to 6" is the same run as "run to 6".
+    return tiny_config(num_steps=num_steps, checkpoint_every=3, **{
+        "optim.schedule": "step", "optim.warmup_steps": 2, "optim.decay_steps": (4,),
+        "data.num_workers": num_workers})
+
+
+@pytest.mark.parametrize("num_workers", [0, pytest.param(2, marks=pytest.mark.slow)])
+def test_resume_continues_exactly(tiny_config, tmp_path, num_workers):
+    straight = training_loop.train_and_evaluate(_resume_config(tiny_config, 6, num_workers), str(tmp_path / "a"))
+    first = training_loop.train_and_evaluate(_resume_config(tiny_config, 3, num_workers), str(tmp_path / "b"))
+    assert first["step"] == 3
+    resumed = training_loop.train_and_evaluate(_resume_config(tiny_config, 6, num_workers), str(tmp_path / "b"))
+    assert resumed["step"] == 6
+    # Same batches and losses, step by step, and bitwise-equal final parameters and state.
+    assert _losses(tmp_path / "a") == _losses(tmp_path / "b")
+    pa, pb = _params(straight), _params(resumed)
+    assert pa.keys() == pb.keys()
+    for k in pa:
+        np.testing.assert_array_equal(pa[k], pb[k], err_msg=k)
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(straight["state"]), jax.device_get(resumed["state"]))
+    steps = sorted(os.listdir(tmp_path / "b" / "checkpoints"))
+    assert steps == ["3", "6"]
+    assert os.path.exists(tmp_path / "b" / "run_info.1.json")  # the first start's record is kept
+
+
+def test_keeps_the_last_k_checkpoints(tiny_config, tmp_path):
+    training_loop.train_and_evaluate(tiny_config(num_steps=5, checkpoint_every=1, keep_checkpoints=2), str(tmp_path))
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["4", "5"]
+
+
+def test_keeps_the_latest_and_the_best_evaluated_checkpoint(tiny_config, tmp_path, monkeypatch):
+    scores = {2: 0.5, 4: 0.9, 6: 0.1, 8: 0.2}
+    steps = iter(sorted(scores))
+    monkeypatch.setattr(training_loop.eval_loop, "evaluate", lambda *a, **k: ({"mAP": scores[next(steps)]}, 1.0))
+    config = tiny_config(num_steps=8, checkpoint_every=2, keep_checkpoints=1, eval_every=2,
+                         eval_at_end=True)
+    result = training_loop.train_and_evaluate(config, str(tmp_path))
+    assert result["eval"] == {"mAP": 0.2}
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["4", "8"]  # the best (0.9) and the latest
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_config, tmp_path, monkeypatch):
+    """A batch that makes the loss NaN (here: NaN pixels in the 3rd batch) stops the run with
+    an error naming the step; the checkpoint of step 2 is the latest and resumes cleanly."""
+    real_global_batch = training_loop.parallel.global_batch
+    calls = []
+
+    def poisoned(host_batch, mesh, size):
+        calls.append(1)
+        if len(calls) == 3:
+            host_batch = {**host_batch, "image": np.full_like(host_batch["image"], np.nan)}
+        return real_global_batch(host_batch, mesh, size)
+
+    monkeypatch.setattr(training_loop.parallel, "global_batch", poisoned)
+    with pytest.raises(training_loop.NonFiniteLossError, match=r"non-finite loss at step 3 .*checkpoint \(step 2\)"):
+        training_loop.train_and_evaluate(tiny_config(num_steps=6, checkpoint_every=1), str(tmp_path))
+    ckpt = checkpointing.Checkpointer(str(tmp_path / "checkpoints"), 1)
+    assert ckpt.all_steps() == [1, 2]
+    ckpt.close()
+    monkeypatch.setattr(training_loop.parallel, "global_batch", real_global_batch)
+    # Resuming from the intact checkpoint trains on, with finite numbers.
+    ok = training_loop.train_and_evaluate(tiny_config(num_steps=4, checkpoint_every=100), str(tmp_path))
+    assert ok["step"] == 4 and all(np.isfinite(v).all() for v in _params(ok).values())
+    assert all(np.isfinite(v) for v in _losses(tmp_path).values())
+
+
+def test_divergence_never_reaches_a_checkpoint(tiny_config, tmp_path):
+    """An absurd learning rate: whichever comes first (inf weights or a NaN loss) stops the
+    run, and every checkpoint on disk holds finite numbers."""
+    training_loop.train_and_evaluate(tiny_config(num_steps=2, checkpoint_every=1), str(tmp_path))
+    config = tiny_config(num_steps=20, checkpoint_every=1, **{"optim.lr": 1e30, "optim.warmup_steps": 0})
+    with pytest.raises(training_loop.NonFiniteLossError, match=r"at step \d+ ") as info:
+        training_loop.train_and_evaluate(config, str(tmp_path))
+    ckpt = checkpointing.Checkpointer(str(tmp_path / "checkpoints"), 1)
+    steps = ckpt.all_steps()
+    # Finite-but-huge weights (a loss that is still finite) may be saved; inf/NaN never are.
+    assert info.value.step >= 3 and steps[:2] == [1, 2] and steps[-1] == info.value.step - 1
+    settings = Settings.from_config(config)
+    model = builders.build_model(settings.model, 10, nnx.Rngs(0))
+    _, template = train_lib.create_train_state(model, train_lib.make_optimizer(settings.optim)[0])
+    for s in steps:
+        restored = ckpt.restore(s, template, None)
+        assert all(np.isfinite(x).all() for x in jax.tree.leaves(jax.device_get(restored)))
+    ckpt.close()
+
+
+def test_weights_finite_check_used_before_saves():
+    ok = {"a": np.ones((2, 3), np.float32), "b": [np.zeros(4, np.float32)]}
+    assert bool(training_loop._all_finite(ok))
+    bad = {"a": np.ones((2, 3), np.float32), "b": [np.array([0.0, np.inf], np.float32)]}
+    assert not bool(training_loop._all_finite(bad))
+
+
+def test_preemption_flag_handler():
+    flag = checkpointing.PreemptionFlag()
+    assert not flag.requested
+    flag.handler(signal.SIGTERM, None)
+    assert flag.requested and flag.signum == signal.SIGTERM
+
+
+def test_preemption_is_agreed_across_processes():
+    # one process: the local flag, no communication
+    flag = checkpointing.PreemptionFlag()
+    assert flag.agreed() is False
+    flag.handler(signal.SIGTERM, None)
+    assert flag.agreed() is True
+    # several processes: any host's signal stops all of them (a fake gather of 3 hosts)
+    quiet = checkpointing.PreemptionFlag()
+    seen = []
+
+    def gather(local, others):
+        seen.append(int(local))
+        return np.array([int(local), *others], np.int32)
+
+    assert quiet.agreed(lambda x: gather(x, [0, 1])) is True
+    assert quiet.agreed(lambda x: gather(x, [0, 0])) is False
+    assert seen == [0, 0]  # this host sent its own (unset) flag
+    assert flag.agreed(lambda x: gather(x, [0, 0])) is True
+
+
+#: Every two-host script runs between these: argv is ``pid port *args root``.
+_HOST_START = """
+import sys
+import jax
+pid, port = int(sys.argv[1]), sys.argv[2]
+jax.distributed.initialize(coordinator_address=f"localhost:{port}", num_processes=2, process_id=pid)
+"""
+_HOST_END = "jax.distributed.shutdown()\n"
+
+
+def _two_hosts(script_text, tmp_path, args):
+    """Start ``script_text`` (between :data:`_HOST_START` and :data:`_HOST_END`) as two
+    jax.distributed CPU processes; returns the ``Popen`` objects."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as sock:
+        sock.bind(("localhost", 0))
+        port = sock.getsockname()[1]
+    script = tmp_path / "host.py"
+    script.write_text(_HOST_START + script_text + _HOST_END)
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = {**os.environ, "PYTHONPATH": root, "JAX_PLATFORMS": "cpu"}
+    env.pop("XLA_FLAGS", None)
+    procs = [subprocess.Popen([sys.executable, str(script), str(i), str(port), *args, root], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    return procs
+
+
+def _finish(procs, timeout):
+    """``[(stdout, stderr)]`` of ``procs``; any still running after ``timeout`` s is killed."""
+    try:
+        return [p.communicate(timeout=timeout) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+
+
+_TWO_HOSTS = """
+import signal
+from ssd_jax import checkpointing
+flag = checkpointing.PreemptionFlag()
+before = flag.agreed()
+if pid == 1:
+    flag.handler(signal.SIGTERM, None)  # only host 1 gets the signal
+print("RESULT", jax.process_count(), before, flag.agreed(), flush=True)
+"""
+
+
+def test_preemption_agreed_by_two_real_processes(tmp_path):
+    # jax.distributed on the CPU (gloo collectives): the host without the signal stops too
+    procs = _two_hosts(_TWO_HOSTS, tmp_path, [])
+    outs = _finish(procs, 120)
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-2000:]
+        assert "RESULT 2 False True" in out, out + err[-2000:]
+
+
+_TRAIN_HOST = """
+import json
+import ml_collections
+config_file, workdir, root = sys.argv[3:6]
+from ssd_jax import training_loop
+config = ml_collections.ConfigDict(json.load(open(config_file)))
+r = training_loop.train_and_evaluate(config, workdir)
+print("RESULT", json.dumps({"step": r["step"], "preempted": r["preempted"], "loss": r["metrics"].get("loss")}), flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_of_two_hosts_stops_both_at_one_checkpoint(tiny_config, tiny_config_file, tmp_path):
+    # Two jax.distributed CPU processes train one run (global batch 4, 2 images per host);
+    # only host 1 gets SIGTERM. Both must stop after the same step, with one checkpoint.
+    import json
+
+    builders.build_sources(Settings.from_config(tiny_config()).data)  # generate the data once, before the hosts
+    workdir = str(tmp_path / "run")
+    config_file = tiny_config_file(num_steps=10_000, checkpoint_every=10_000)
+    procs = _two_hosts(_TRAIN_HOST, tmp_path, [str(config_file), workdir])
+    deadline = time.time() + 180
+    while time.time() < deadline and not read_metrics(workdir) and all(p.poll() is None for p in procs):
+        time.sleep(0.1)
+    procs[1].send_signal(signal.SIGTERM)
+    outs = _finish(procs, 120)  # without the agreement host 0 would hang here
+    results = []
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+        line = next(l for l in out.splitlines() if l.startswith("RESULT"))
+        results.append(json.loads(line[len("RESULT"):]))
+    assert results[0] == results[1], results  # same step, both preempted, the same global loss
+    step = results[0]["step"]
+    assert results[0]["preempted"] and 1 <= step < 10_000
+    assert os.listdir(os.path.join(workdir, "checkpoints")) == [str(step)]
+    assert "another host" in outs[0][0] + outs[0][1]  # host 0 says why it stopped
+
+
+class _Recorder:
+    """An evaluator that keeps, per image id, the number of valid detections and their
+    score sum (what two evaluation paths must agree on)."""
+
+    def reset(self):
+        self.seen = {}
+
+    def add(self, ids, detections):
+        for i, image_id in enumerate(ids):
+            if image_id is not None:
+                valid = np.asarray(detections.valid[i])
+                self.seen[str(image_id)] = [int(valid.sum()), float(np.asarray(detections.scores[i])[valid].sum())]
+
+    def compute(self):
+        return {"images": float(len(self.seen))}
+
+
+_EVAL_HOST = """
+import json
+import ml_collections
+config_file, workdir, root = sys.argv[3:6]
+from tests.train.test_train_loop import _Recorder
+from ssd_jax import builders, restore, training_loop
+from ssd_jax.evaluation import loop as eval_loop
+c = ml_collections.ConfigDict(json.load(open(config_file)))
+r = training_loop.train_and_evaluate(c, workdir)  # trains, then evaluates on both hosts
+run = restore.restore_run(workdir)
+pcfg = builders.eval_pipeline_config(run.settings, run.model.spec.image_size, 2)
+rec = _Recorder()
+eval_loop.evaluate(builders.build_predict_fn(run.graphdef, run.model.spec, run.settings), run.params,
+                   run.model_state, run.eval_source, pcfg, run.mesh, rec)
+print("RESULT", json.dumps({"eval": r["eval"], "seen": rec.seen}), flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_evaluation_on_two_hosts_equals_one_host(tiny_config, tiny_config_file, tmp_path):
+    # 5 val images over 2 hosts (3 + 2, local batches of 2, padded): every image's
+    # detections reach the evaluator once, equal to a one-process evaluation of the same
+    # checkpoint.
+    import json
+
+    builders.build_sources(Settings.from_config(tiny_config(**{"data.builtin_num_val": 5})).data)
+    workdir = str(tmp_path / "run")
+    config_file = tiny_config_file(num_steps=2, checkpoint_every=2, eval_max_images=0, eval_at_end=True,
+                                   **{"data.builtin_num_val": 5})
+    procs = _two_hosts(_EVAL_HOST, tmp_path, [str(config_file), workdir])
+    outs = _finish(procs, 180)
+    results = []
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+        results.append(json.loads(next(l for l in out.splitlines() if l.startswith("RESULT"))[len("RESULT"):]))
+    assert results[0] == results[1]  # the same metrics and detections on both hosts
+    assert results[0]["eval"]["num_images"] == 5.0  # the loop's own evaluation saw every val image once
+
+    from ssd_jax import restore
+    from ssd_jax.evaluation import loop as eval_loop
+
+    run = restore.restore_run(workdir)  # this process: one host
+    pcfg = builders.eval_pipeline_config(run.settings, run.model.spec.image_size, 4)
+    rec = _Recorder()
+    eval_loop.evaluate(builders.build_predict_fn(run.graphdef, run.model.spec, run.settings), run.params,
+                       run.model_state, run.eval_source, pcfg, run.mesh, rec)
+    two = results[0]["seen"]
+    assert sorted(two) == sorted(rec.seen) and len(two) == len(run.eval_source)
+    for image_id, (n, total) in rec.seen.items():
+        assert two[image_id][0] == n and two[image_id][1] == pytest.approx(total, rel=1e-4, abs=1e-4)
+
+
+def test_sigterm_saves_a_checkpoint_and_stops(tiny_config, tmp_path):
+    workdir = str(tmp_path)
+
+    def send_sigterm_after_first_step():
+        deadline = time.time() + 120
+        while time.time() < deadline and not read_metrics(workdir):
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    previous = signal.getsignal(signal.SIGTERM)
+    killer = threading.Thread(target=send_sigterm_after_first_step, daemon=True)
+    killer.start()
+    result = training_loop.train_and_evaluate(tiny_config(num_steps=10_000, checkpoint_every=10_000), workdir)
+    killer.join()
+    assert result["preempted"] and 1 <= result["step"] < 10_000
+    assert os.listdir(tmp_path / "checkpoints") == [str(result["step"])]
+    assert signal.getsignal(signal.SIGTERM) == previous  # handler uninstalled
+
+
+def test_init_from_a_converted_checkpoint(tiny_config, tmp_path):
+    config = tiny_config(num_steps=1, checkpoint_every=1)
+    donor = builders.build_model(Settings.from_config(config).model, 10, nnx.Rngs(123))
+    flat = params_io.flatten(nnx.to_pure_dict(nnx.state(donor, nnx.Param)))
+    params_io.save_converted(str(tmp_path / "conv"), flat, {"source": "test", "model": "tiny_cnn", "num_classes": 10})
+    config.init_from = str(tmp_path / "conv")
+    config.optim.lr = 1e-12  # one step barely moves anything
+    config.optim.weight_decay = 0.0
+    result = training_loop.train_and_evaluate(config, str(tmp_path / "run"))
+    got = _params(result)
+    for k, v in flat.items():
+        np.testing.assert_allclose(got[k], v, atol=1e-6, err_msg=k)
+
+
+def test_voc_experiment_on_a_tiny_devkit(tmp_path, make_voc):
+    """The VOC experiment's data path (07 trainval -> 07 test, difficult flags) with the tiny network."""
+    from experiments.ssd300_vgg16_voc import get_config
+
+    objects = [("car", (3, 4, 40, 30), 0), ("person", (20, 10, 60, 45), 1)]
+    make_voc(str(tmp_path / "devkit"), {"2007": {f"{i:06d}": (64, 48, objects) for i in range(4)}}, split="trainval")
+    make_voc(str(tmp_path / "devkit"), {"2007": {f"{i:06d}": (64, 48, objects) for i in range(2)}}, split="test")
+    config = get_config("runlocal")
+    config.model.name, config.model.image_size = "tiny_cnn", 32
+    config.data.voc_root = str(tmp_path / "devkit")
+    config.data.voc_train = ("2007/trainval",)
+    result = training_loop.train_and_evaluate(config, str(tmp_path / "run"))
+    assert result["step"] == config.num_steps and result["eval"]["num_images"] == 2
+    assert "mAP" in result["eval"]
+
+
+@pytest.mark.parametrize("experiment", ["ssd300_vgg16_coco", "ssdlite_mobilenetv2_coco"])
+def test_coco_experiments_on_a_tiny_coco_json(tmp_path, experiment, make_coco, tiny_coco_dict):
+    """The COCO experiments' data path (COCO JSON, crowd kept as 'difficult', COCO metric)
+    with the tiny network."""
+    import importlib
+
+
+    json_path, images = make_coco(str(tmp_path / "coco"), tiny_coco_dict)
+    config = importlib.import_module(f"experiments.{experiment}").get_config("runlocal")
+    config.model.name, config.model.image_size = "tiny_cnn", 32
+    config.data.coco_train_json = config.data.coco_val_json = json_path
+    config.data.coco_train_images = config.data.coco_val_images = images
+    result = training_loop.train_and_evaluate(config, str(tmp_path / "run"))
+    assert result["step"] == config.num_steps and result["eval"]["num_images"] == 3
+    assert {"AP", "AP50", "AR100", "AP/zebra"} <= set(result["eval"])
+
+
+def test_config_checks_are_clear():
+    from experiments.ssd300_vgg16_coco import get_config as coco_config
+    from experiments.ssd300_vgg16_voc import get_config
+
+    with pytest.raises(ValueError, match="needs data.voc_root"):
+        Settings.from_config(get_config())
+    with pytest.raises(ValueError, match="needs data.coco_train_json"):
+        Settings.from_config(coco_config())
