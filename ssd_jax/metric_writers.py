@@ -206,13 +206,54 @@ def create_writer(workdir: str, echo: Callable[[str], None] | None = print, enab
     return metric_writers.MultiWriter(writers)
 
 
-def read_metrics(workdir: str) -> list[dict]:
-    """All lines of ``<workdir>/metrics.jsonl`` (empty if none)."""
-    path = os.path.join(workdir, "metrics.jsonl")
+def _read_lines(path: str) -> list[dict]:
+    """The entries of the JSON-lines file ``path``. A last line that does not parse (the
+    write of a killed process) is skipped with a warning; a bad line before it is an error
+    naming the file and line."""
     if not os.path.exists(path):
         return []
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        lines = f.read().split("\n")
+    while lines and not lines[-1].strip():
+        lines.pop()
+    entries = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            entries.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if number == len(lines):
+                logger.warning("%s: line %d is cut short (%s); skipped", path, number, e.msg)
+                break
+            raise ValueError(f"{path}: line {number} is not JSON ({e.msg}): {line[:80]!r}") from None
+    return entries
+
+
+def read_metrics(workdir: str) -> list[dict]:
+    """All entries of ``<workdir>/metrics.jsonl`` (empty if none); a torn last line (a
+    process killed while writing) is skipped."""
+    return _read_lines(os.path.join(workdir, "metrics.jsonl"))
+
+
+def truncate_metrics(workdir: str, step: int) -> int:
+    """Keep the entries of ``<workdir>/metrics.jsonl`` up to ``step`` (the step a run
+    resumes from), so the steps it replays are logged once; a torn last line goes too.
+    The file is replaced atomically. Returns the number of entries dropped."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return 0
+    entries = _read_lines(path)
+    kept = [e for e in entries if int(e.get("step", 0)) <= step]
+    with open(path) as f:
+        clean = f.read().endswith("\n") or os.path.getsize(path) == 0
+    if len(kept) == len(entries) and clean:
+        return 0
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.writelines(json.dumps(e, allow_nan=True) + "\n" for e in kept)
+    os.replace(tmp, path)
+    return len(entries) - len(kept)
 
 
 class ProgressReport(periodic_actions.ReportProgress):

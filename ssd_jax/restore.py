@@ -19,6 +19,7 @@ from flax import nnx
 from ssd_jax import builders, checkpointing, parallel
 from ssd_jax import train_step as train_lib
 from ssd_jax.config import Settings
+from ssd_jax.metric_writers import read_metrics
 
 
 @dataclasses.dataclass
@@ -63,13 +64,9 @@ def best_step(workdir: str, key: str = "mAP") -> tuple[int, float]:
     (``eval/step_<N>.json``). Raises if no kept checkpoint was evaluated."""
     workdir = os.path.abspath(workdir)
     scores: dict[int, float] = {}
-    log = os.path.join(workdir, "metrics.jsonl")
-    if os.path.isfile(log):
-        with open(log) as f:
-            for line in f:
-                entry = json.loads(line)
-                if f"eval/{key}" in entry:
-                    scores[int(entry["step"])] = float(entry[f"eval/{key}"])
+    for entry in read_metrics(workdir):
+        if f"eval/{key}" in entry:
+            scores[int(entry["step"])] = float(entry[f"eval/{key}"])
     eval_dir = os.path.join(workdir, "eval")
     if os.path.isdir(eval_dir):
         for name in os.listdir(eval_dir):

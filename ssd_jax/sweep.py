@@ -138,6 +138,8 @@ def run_point(base: ml_collections.ConfigDict, point: Point, sweep_dir: str,
 def summarize(sweep_dir: str, target: str = "mAP") -> list[dict]:
     """One row per point folder: its swept values, status, steps, final loss, final and
     best ``eval/<target>``; sorted by the best target, highest first (NaN last)."""
+    from ssd_jax import metric_writers
+
     rows = []
     for name in sorted(os.listdir(sweep_dir)):
         point_dir = os.path.join(sweep_dir, name)
@@ -147,10 +149,8 @@ def summarize(sweep_dir: str, target: str = "mAP") -> list[dict]:
         row = {"name": name, **{k: v for k, v in status.get("point", {}).items()},
                "status": status["status"], "steps": float("nan"), "final_loss": float("nan"),
                f"final_{target}": float("nan"), f"best_{target}": float("nan")}
-        log = os.path.join(point_dir, "metrics.jsonl")
-        if os.path.isfile(log):
-            with open(log) as f:
-                entries = [json.loads(line) for line in f if line.strip()]
+        entries = metric_writers.read_metrics(point_dir)
+        if entries:
             losses = [e for e in entries if "loss" in e]
             evals = [e for e in entries if f"eval/{target}" in e]
             if losses:

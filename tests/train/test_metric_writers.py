@@ -1,6 +1,7 @@
 """clu metric writers (jsonl, TensorBoard via tensorboardX, console), ReportProgress, clu metrics."""
 
 import json
+import logging
 
 import jax.numpy as jnp
 import numpy as np
@@ -69,3 +70,20 @@ def test_train_metrics_average_and_last_lr():
     for k in ("loss", "conf_loss", "loc_loss", "num_pos", "num_neg", "grad_norm"):
         assert out[k] == pytest.approx(np.mean([m[k] for m in steps]), rel=1e-6)
     assert out["lr"] == pytest.approx(steps[-1]["lr"])
+
+
+def test_torn_last_line_is_skipped_and_truncation_keeps_up_to_a_step(tmp_path, caplog):
+    lines = [{"step": 1, "loss": 3.0}, {"step": 2, "loss": 2.5}, {"step": 2, "eval/mAP": 0.1}, {"step": 3, "loss": 2.0}]
+    text = "".join(json.dumps(x) + "\n" for x in lines)
+    path = tmp_path / "metrics.jsonl"
+    path.write_text(text + '{"step": 4, "lo')  # a process killed while writing
+    with caplog.at_level(logging.WARNING):
+        assert metric_writers.read_metrics(str(tmp_path)) == lines
+    assert "line 5 is cut short" in caplog.text
+    assert metric_writers.truncate_metrics(str(tmp_path), 2) == 1  # step 3 (the torn line was no entry)
+    assert path.read_text() == "".join(json.dumps(x) + "\n" for x in lines[:3])
+    assert metric_writers.truncate_metrics(str(tmp_path), 2) == 0 and not (tmp_path / "metrics.jsonl.tmp").exists()
+    path.write_text('{"step": 1}\nnot json\n{"step": 2}\n')
+    with pytest.raises(ValueError, match=r"metrics.jsonl: line 2 is not JSON"):
+        metric_writers.read_metrics(str(tmp_path))
+    assert metric_writers.read_metrics(str(tmp_path / "none")) == [] and metric_writers.truncate_metrics(str(tmp_path / "none"), 0) == 0
