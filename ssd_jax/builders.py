@@ -44,13 +44,54 @@ def build_model(model: ModelConfig, num_classes: int, rngs: nnx.Rngs) -> nnx.Mod
                                top_down=model.top_down if compact else False, conv=conv, rngs=rngs)
 
 
-def input_normalization(model_name: str) -> transforms.Normalization:
-    """The pipeline normalisation (0-255 pixels) matching the model's input convention (RGB,
-    see :mod:`ssd_jax.models.preprocessing`)."""
-    from ssd_jax.models import factory, preprocessing
+def normalization_name(model: ModelConfig) -> str:
+    """The input convention (:mod:`ssd_jax.models.preprocessing`) that ``model`` trains and
+    predicts with: ``model.normalization``, or for ``auto`` the network's own
+    (``torchvision`` for the test network)."""
+    from ssd_jax.models import factory
 
-    name = "torchvision" if model_name == TINY_NAME else factory.default_normalization(model_name)
-    conv = preprocessing.get_normalization(name)
+    if model.normalization != "auto":
+        return model.normalization
+    return "torchvision" if model.name == TINY_NAME else factory.default_normalization(model.name)
+
+
+def init_from_normalization(model: ModelConfig, init_from: str) -> str:
+    """The input convention of a run that starts from the converted checkpoint ``init_from``.
+
+    Pretrained weights only work on inputs normalised as they were trained (``launch.py
+    convert --from torchvision-vgg16`` records ``torchvision``, 0-1 pixels, while
+    ``ssd300_vgg16`` alone means Caffe's 0-255 pixels minus the mean). With
+    ``model.normalization='auto'`` the checkpoint's recorded convention is used; a
+    convention set in the config that contradicts it is an error. A checkpoint that
+    records none leaves the config's choice.
+    """
+    from ssd_jax.models import params_io, preprocessing
+
+    recorded = params_io.load_converted_meta(init_from).get("normalization")
+    if recorded is None:
+        return normalization_name(model)
+    if recorded not in preprocessing.CONVENTIONS:
+        raise ValueError(f"init_from {init_from}: meta.json records normalization {recorded!r}, "
+                         f"not one of {sorted(preprocessing.CONVENTIONS)}")
+    if model.normalization == "auto":
+        own = normalization_name(model)
+        if own != recorded:
+            logger.warning("init_from %s records %r inputs: training %s with them (its default is %r)",
+                           init_from, recorded, model.name, own)
+        return recorded
+    if model.normalization != recorded:
+        raise ValueError(f"model.normalization={model.normalization!r} contradicts init_from {init_from}, whose "
+                         f"weights expect {recorded!r} inputs: set --config.model.normalization={recorded} "
+                         f"(or auto)")
+    return recorded
+
+
+def input_normalization(model: ModelConfig) -> transforms.Normalization:
+    """The pipeline normalisation (0-255 pixels) of :func:`normalization_name` (RGB, see
+    :mod:`ssd_jax.models.preprocessing`)."""
+    from ssd_jax.models import preprocessing
+
+    conv = preprocessing.get_normalization(normalization_name(model))
     return transforms.Normalization(mean=tuple(255.0 * v for v in conv.mean), std=tuple(255.0 * v for v in conv.std), bgr=False)
 
 
@@ -86,7 +127,7 @@ def train_pipeline_config(settings, image_size: int, batch_size: int) -> pipelin
     return pipeline.PipelineConfig(
         image_size=image_size, batch_size=batch_size, max_boxes=d.max_boxes, seed=settings.run.seed,
         num_workers=d.num_workers, use_difficult=d.use_difficult,
-        normalization=input_normalization(settings.model.name), augment=settings.augment,
+        normalization=input_normalization(settings.model), augment=settings.augment,
     )
 
 
@@ -94,7 +135,7 @@ def eval_pipeline_config(settings, image_size: int, batch_size: int) -> pipeline
     """The evaluation pipeline (resize + normalise, no augmentation); ``batch_size`` is this
     process's share."""
     return pipeline.PipelineConfig(image_size=image_size, batch_size=batch_size, max_boxes=settings.data.max_boxes,
-                                   normalization=input_normalization(settings.model.name), augment=None)
+                                   normalization=input_normalization(settings.model), augment=None)
 
 
 def build_evaluator(source: Source, eval_cfg: EvalConfig, metric: str | None = None):

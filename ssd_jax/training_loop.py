@@ -119,6 +119,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     """
     settings = Settings.from_config(config)
     settings.check_paths()
+    if settings.run.init_from:
+        # The convention the pretrained weights expect, recorded in config.json for eval and predict.
+        config = config.copy_and_resolve_references()
+        config.model.normalization = builders.init_from_normalization(settings.model, settings.run.init_from)
+        settings = Settings.from_config(config)
     run = settings.run
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
@@ -151,6 +156,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         logger.info("resumed from step %d", int(state.step))
     step = int(jax.device_get(state.step))
     num_steps = run.num_steps
+    if primary:  # entries past the restored step are replayed, so logged once, by the replay
+        dropped = metric_writers.truncate_metrics(workdir, step)
+        if dropped:
+            logger.info("metrics.jsonl: %d entries after step %d dropped (the run replays them)", dropped, step)
 
     evaluator = eval_step = eval_pcfg = None
     if evaluates:

@@ -40,7 +40,7 @@ def main(argv: list[str]) -> int:
     run = restore.restore_run(args.workdir, args.step)
     source = run.eval_source
     size = run.model.spec.image_size
-    norm = builders.input_normalization(run.settings.model.name)
+    norm = builders.input_normalization(run.settings.model)
     predict = builders.build_predict_fn(run.graphdef, run.model.spec, run.settings)
     os.makedirs(args.output, exist_ok=True)
     results = []

@@ -9,6 +9,9 @@ from ssd_jax.schema import Section
 #: The test network of :mod:`ssd_jax.models.tiny` (smoke tests, CI).
 TINY_NAME = "tiny_cnn"
 
+#: The values of ``model.normalization`` (``auto`` and the conventions of ``preprocessing``).
+NORMALIZATIONS = ("auto", "torchvision", "caffe_vgg")
+
 _ALL_NAMES = ("ssd300_vgg16", "ssd512_vgg16", "ssdlite_mobilenetv2", "ssdlite_mobilenetv3", "ssd_compact", TINY_NAME)
 
 
@@ -31,6 +34,11 @@ class ModelConfig(Section):
         (matmuls everywhere) or ``xla``.
       cpu_kernels: the C++ depthwise-gradient kernels on the CPU: ``auto`` (used when they
         build, else a warning and pure JAX), ``on`` (a failed build is an error) or ``off``.
+      normalization: the input convention of :mod:`ssd_jax.models.preprocessing`
+        (``torchvision`` or ``caffe_vgg``), or ``auto``: the one a converted checkpoint
+        given as ``init_from`` records, else the network's own
+        (:func:`ssd_jax.models.default_normalization`). A run records the convention it
+        trained with, so evaluation and prediction use the same.
     """
 
     name: str = "ssdlite_mobilenetv2"
@@ -42,6 +50,7 @@ class ModelConfig(Section):
     top_down: bool = False
     conv_wgrad: str = "auto"
     cpu_kernels: str = "auto"
+    normalization: str = "auto"
 
     def __post_init__(self):
         if self.name not in _ALL_NAMES:
@@ -60,3 +69,5 @@ class ModelConfig(Section):
             raise ValueError(f"model.conv_wgrad must be 'auto', 'shifted' or 'xla', got {self.conv_wgrad!r}")
         if self.cpu_kernels not in ("auto", "on", "off"):
             raise ValueError(f"model.cpu_kernels must be 'auto', 'on' or 'off', got {self.cpu_kernels!r}")
+        if self.normalization not in NORMALIZATIONS:
+            raise ValueError(f"model.normalization must be one of {NORMALIZATIONS}, got {self.normalization!r}")

@@ -126,10 +126,7 @@ def save_converted(workdir: str, params: Mapping[str, Any], meta: Mapping, model
     return root
 
 
-def load_converted(workdir: str) -> Converted:
-    """Read ``DIR/converted/`` (``DIR`` may also be the ``converted`` folder itself)."""
-    import orbax.checkpoint as ocp
-
+def _converted_root_and_meta(workdir: str) -> tuple[str, dict]:
     root = os.path.abspath(workdir)
     if not os.path.exists(os.path.join(root, "meta.json")):
         root = converted_dir(workdir)
@@ -140,6 +137,20 @@ def load_converted(workdir: str) -> Converted:
         meta = json.load(f)
     if meta.get("format") != FORMAT:
         raise ValueError(f"{meta_path}: format {meta.get('format')!r}, expected {FORMAT!r}")
+    return root, meta
+
+
+def load_converted_meta(workdir: str) -> dict:
+    """The ``meta.json`` of a converted checkpoint (source, model, ``normalization`` ...),
+    without reading its arrays."""
+    return _converted_root_and_meta(workdir)[1]
+
+
+def load_converted(workdir: str) -> Converted:
+    """Read ``DIR/converted/`` (``DIR`` may also be the ``converted`` folder itself)."""
+    import orbax.checkpoint as ocp
+
+    root, meta = _converted_root_and_meta(workdir)
     tree = ocp.StandardCheckpointer().restore(os.path.join(root, "state"))
     params = {k: np.asarray(v) for k, v in flatten(tree["params"]).items()}
     state = {k: np.asarray(v) for k, v in flatten(tree["model_state"]).items() if k != "_empty"}

@@ -1,6 +1,7 @@
 """training_loop + checkpointing: exact resume, NaN guard, SIGTERM, init_from (tiny network)."""
 
 import os
+import shutil
 import signal
 import threading
 import time
@@ -51,6 +52,23 @@ def test_resume_continues_exactly(tiny_config, tmp_path, num_workers):
     steps = sorted(os.listdir(tmp_path / "b" / "checkpoints"))
     assert steps == ["3", "6"]
     assert os.path.exists(tmp_path / "b" / "run_info.1.json")  # the first start's record is kept
+
+
+def test_a_killed_run_resumes_with_one_log_line_per_step(tiny_config, tmp_path):
+    """Killed after step 4 was logged but before its checkpoint, in the middle of a line: the
+    restart replays steps 3 and 4 from the checkpoint of step 2, and metrics.jsonl then holds
+    each step once (the replayed values, equal to the first ones), with no torn line."""
+    config = tiny_config(num_steps=4, checkpoint_every=2)
+    training_loop.train_and_evaluate(config, str(tmp_path))
+    first = _losses(tmp_path)
+    shutil.rmtree(tmp_path / "checkpoints" / "4")
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 5, "loss": 1.')
+    training_loop.train_and_evaluate(config, str(tmp_path))
+    entries = read_metrics(str(tmp_path))
+    assert [m["step"] for m in entries if "loss" in m] == [1, 2, 3, 4]
+    assert _losses(tmp_path) == first
+    assert (tmp_path / "metrics.jsonl").read_text().endswith("}\n")
 
 
 def test_keeps_the_last_k_checkpoints(tiny_config, tmp_path):
@@ -346,6 +364,56 @@ def test_init_from_a_converted_checkpoint(tiny_config, tmp_path):
     got = _params(result)
     for k, v in flat.items():
         np.testing.assert_allclose(got[k], v, atol=1e-6, err_msg=k)
+
+
+def test_init_from_uses_the_normalization_its_weights_expect(tiny_config, tmp_path):
+    """A converted checkpoint records the input convention of its weights (``convert --from
+    torchvision-vgg16``: ``torchvision``); a run started from it trains, evaluates and
+    predicts with that convention, and a config that names another one is an error."""
+    from ssd_jax import restore
+    from ssd_jax.models import preprocessing
+
+    config = tiny_config(num_steps=1, checkpoint_every=1)
+    donor = builders.build_model(Settings.from_config(config).model, 10, nnx.Rngs(0))
+    flat = params_io.flatten(nnx.to_pure_dict(nnx.state(donor, nnx.Param)))
+    params_io.save_converted(str(tmp_path / "conv"), flat, {"source": "test", "model": "tiny_cnn",
+                                                            "normalization": "caffe_vgg"})
+    config.init_from = str(tmp_path / "conv")
+    assert builders.normalization_name(Settings.from_config(config).model) == "torchvision"  # the network's own
+    training_loop.train_and_evaluate(config, str(tmp_path / "run"))
+    run_settings = restore.load_run_settings(str(tmp_path / "run"))
+    assert run_settings.model.normalization == "caffe_vgg"  # recorded in config.json
+    caffe = tuple(255.0 * v for v in preprocessing.CAFFE_VGG.mean)
+    assert builders.input_normalization(run_settings.model).mean == pytest.approx(caffe)
+    assert builders.train_pipeline_config(run_settings, 32, 4).normalization.mean == pytest.approx(caffe)
+    assert config.model.normalization == "auto"  # the caller's config is left as it was
+
+    config.model.normalization = "torchvision"
+    with pytest.raises(ValueError, match=r"model.normalization='torchvision' contradicts init_from .*'caffe_vgg' inputs"):
+        training_loop.train_and_evaluate(config, str(tmp_path / "run2"))
+
+
+def test_init_from_normalization_of_a_converted_vgg16(tmp_path):
+    """``ssd300_vgg16`` alone means Caffe inputs (0-255 minus the mean); the torchvision
+    VGG16 backbone that ``convert --from torchvision-vgg16`` writes expects torchvision's
+    (0-1, ImageNet mean and std): started from it, the run takes the backbone's."""
+    from ssd_jax.models import preprocessing
+    from ssd_jax.models.config import ModelConfig
+
+    backbone = {"extractor/conv1_1/kernel": np.zeros((3, 3, 3, 64), np.float32)}
+    params_io.save_converted(str(tmp_path), backbone, {"source": "torchvision-vgg16", "model": "ssd300_vgg16|ssd512_vgg16",
+                                                       "partial": True, "normalization": "torchvision"})
+    model = ModelConfig(name="ssd300_vgg16", image_size=300)
+    assert builders.normalization_name(model) == "caffe_vgg"
+    assert builders.init_from_normalization(model, str(tmp_path)) == "torchvision"
+    chosen = ModelConfig(name="ssd300_vgg16", image_size=300, normalization="torchvision")
+    norm = builders.input_normalization(chosen)
+    np.testing.assert_allclose(norm.mean, [255 * v for v in preprocessing.TORCHVISION.mean])
+    np.testing.assert_allclose(norm.std, [255 * v for v in preprocessing.TORCHVISION.std])
+    with pytest.raises(ValueError, match="contradicts"):
+        builders.init_from_normalization(ModelConfig(name="ssd300_vgg16", normalization="caffe_vgg"), str(tmp_path))
+    with pytest.raises(ValueError, match="model.normalization must be one of"):
+        ModelConfig(normalization="imagenet")
 
 
 def test_voc_experiment_on_a_tiny_devkit(tmp_path, make_voc):
