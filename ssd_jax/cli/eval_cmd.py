@@ -22,7 +22,7 @@ def format_metrics(metrics: dict[str, float]) -> str:
     """Summary lines first, then one row per class (``AP/<class>`` keys)."""
     summary = {k: v for k, v in metrics.items() if not k.startswith("AP/")}
     per_class = {k[3:]: v for k, v in metrics.items() if k.startswith("AP/")}
-    lines = [f"{k:>12s}  {v:.4f}" if isinstance(v, float) and not k.startswith("num") else f"{k:>12s}  {v:g}"
+    lines = [f"{k:>12s}  {v:.4f}" if isinstance(v, float) and not k.startswith("num") and k != "failed_images" else f"{k:>12s}  {v:g}"
              for k, v in summary.items()]
     if per_class:
         width = max(len(c) for c in per_class)

@@ -12,6 +12,7 @@ detections are gathered to all hosts, so every host computes the same metrics.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from typing import Any, Callable, Iterable, Mapping
 
@@ -20,6 +21,8 @@ import numpy as np
 
 from ssd_jax.data.records import Source
 from ssd_jax.schema import Section
+
+logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +87,11 @@ def evaluate_batches(
         whole global batch (several hosts collect every host's share with it). Default:
         this process's batch, ``jax.device_get``.
 
+    An image that failed to load (a row with a record index but ``valid`` False; the
+    pipeline's strict mode raises instead) counts as an image without detections: its
+    objects stay in the recall denominator, as they would for a model that found nothing.
+    ``metrics['failed_images']`` says how many there were.
+
     Returns:
       ``(metrics, images_per_second)``; the rate counts real images over the wall time
       after the first batch (which includes compilation), or over the whole pass when
@@ -91,7 +99,7 @@ def evaluate_batches(
     """
     evaluator.reset()
     begin = time.perf_counter()
-    done, start, first_images = 0, None, 0
+    done, start, first_images, failed = 0, None, 0, []
     for batch in batches:
         images = batch["image"] if shard is None else shard(batch["image"])
         detections = predict(params, model_state, images)
@@ -99,10 +107,12 @@ def evaluate_batches(
             detections, index, valid = jax.device_get(detections), batch["index"], batch["valid"]
         else:
             detections, index, valid = gather(detections, batch)
-        ids = [
-            source.records[int(i)].image_id if ok and i >= 0 else None
-            for i, ok in zip(np.asarray(index), np.asarray(valid))
-        ]
+        index, valid = np.asarray(index), np.asarray(valid, bool)
+        unloaded = (index >= 0) & ~valid
+        if unloaded.any():
+            detections = _without_detections(detections, unloaded)
+            failed += [source.records[int(i)].image_id for i in index[unloaded]]
+        ids = [source.records[int(i)].image_id if i >= 0 else None for i in index]
         evaluator.add(ids, detections)
         n = sum(i is not None for i in ids)
         done += n
@@ -115,7 +125,21 @@ def evaluate_batches(
     end = time.perf_counter()
     timed = done - first_images
     rate = timed / (end - start) if timed else done / (end - begin)
-    return evaluator.compute(), rate
+    if failed:
+        logger.warning("evaluation: %d image(s) failed to load and count as images without detections "
+                       "(their objects are misses): %s", len(failed), ", ".join(map(str, failed[:10]))
+                       + (" ..." if len(failed) > 10 else ""))
+    return {**evaluator.compute(), "failed_images": float(len(failed))}, rate
+
+
+def _without_detections(detections: Any, rows: np.ndarray) -> Any:
+    """``detections`` (a :class:`~ssd_jax.postprocess.Detections` or a mapping with
+    ``valid [B,K]``) with every entry of the ``rows [B]`` marked not valid."""
+    if isinstance(detections, Mapping):
+        if "valid" not in detections:
+            raise ValueError("detections of images that failed to load need a 'valid' mask to be cleared")
+        return {**detections, "valid": np.asarray(detections["valid"], bool) & ~rows[:, None]}
+    return detections._replace(valid=np.asarray(detections.valid, bool) & ~rows[:, None])
 
 
 def evaluate(
