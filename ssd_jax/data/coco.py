@@ -88,6 +88,9 @@ def coco_source(
         bbox = ann.get("bbox")
         if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
             raise ValueError(f"{where}: annotation {aid} has bbox {bbox!r}, expected [x, y, w, h]")
+        area = ann.get("area")
+        if area is not None and (isinstance(area, bool) or not isinstance(area, (int, float)) or not area >= 0):
+            raise ValueError(f"{where}: annotation {aid} has area {area!r}, expected a number >= 0")
         if ann.get("iscrowd", 0) and crowd == "exclude":
             continue
         by_image[ann["image_id"]].append(ann)
@@ -113,6 +116,9 @@ def coco_source(
                 annotation=annotation_file,
                 policy=invalid_boxes,
                 object_names=[f"annotation {a.get('id')}, {class_names[label_of[a['category_id']] - 1]}" for a in anns],
+                # the annotation's area (pycocotools' small/medium/large split), else the box's
+                area=[float(a["area"]) if a.get("area") is not None else float(a["bbox"][2]) * float(a["bbox"][3])
+                      for a in anns],
             )
         )
     name = name if name is not None else f"coco {os.path.basename(annotation_file)}"

@@ -43,6 +43,9 @@ class Record:
       width: image width in pixels, from the annotation.
       image_id: the dataset's own id: VOC ``"2007/000005"`` (year/stem), COCO's int id.
       annotation: the file the objects came from (for error messages).
+      area: ``[N]`` float64 object areas of the annotation (COCO's ``area``, the segment's,
+        which decides the small/medium/large split of the COCO metric), or None: the box
+        areas.
     """
 
     image_path: str
@@ -53,6 +56,7 @@ class Record:
     width: int
     image_id: int | str
     annotation: str = ""
+    area: np.ndarray | None = None
 
     @property
     def num_objects(self) -> int:
@@ -203,8 +207,10 @@ def make_record(
     annotation: str,
     policy: InvalidBoxPolicy,
     object_names: Sequence[str] | None = None,
+    area: Sequence[float] | None = None,
 ) -> Record:
-    """Build a :class:`Record`, validating (and clipping) its boxes with :func:`check_boxes`."""
+    """Build a :class:`Record`, validating (and clipping) its boxes with :func:`check_boxes`
+    (``area``, one per box, follows the boxes that are kept)."""
     where = f"{annotation} (record {image_id!r})"
     if height <= 0 or width <= 0:
         raise ValueError(f"{where}: image size {width}x{height} must be positive")
@@ -219,4 +225,5 @@ def make_record(
         width=int(width),
         image_id=image_id,
         annotation=annotation,
+        area=None if area is None else np.asarray(area, np.float64).reshape(-1)[keep],
     )

@@ -23,7 +23,7 @@ def ground_truths(source: Source, difficult_as_crowd: bool = False) -> list[Grou
     truths = []
     for r in source.records:
         flags = dict(iscrowd=r.difficult) if difficult_as_crowd else dict(difficult=r.difficult)
-        truths.append(GroundTruth(r.image_id, r.width, r.height, r.boxes, r.labels, **flags))
+        truths.append(GroundTruth(r.image_id, r.width, r.height, r.boxes, r.labels, area=r.area, **flags))
     return truths
 
 

@@ -180,3 +180,9 @@ def test_eval_marks_bad_images_not_valid(broken):
     index = np.concatenate([b["index"] for b in batches])
     np.testing.assert_array_equal(valid, [1, 1, 0, 1, 0, 0, 0, 0])
     np.testing.assert_array_equal(index, [0, 1, 2, 3, 4, 5, -1, -1])
+
+
+def test_coco_area_that_is_not_a_number(tmp_path, make_coco, tiny_coco_dict):
+    tiny_coco_dict["annotations"][2]["area"] = "large"
+    with pytest.raises(ValueError, match=r"instances\.json: annotation 3 has area 'large', expected a number >= 0"):
+        coco_source(*make_coco(str(tmp_path), tiny_coco_dict))

@@ -18,8 +18,8 @@ FAR = [400.0, 10.0, 450.0, 60.0]
 
 
 def _pycocotools(truths, dets, category_ids):
-    """pycocotools' COCOeval on the same records: (stats, precision, per-class AP)."""
-    pytest.importorskip("pycocotools")
+    """pycocotools' COCOeval on the same records: (stats, precision, per-class AP).
+    pycocotools is a test requirement (``.[test]``): without it these tests fail."""
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
@@ -133,3 +133,59 @@ def test_bad_categories():
         coco.evaluate_coco(truths, [], category_ids=[1, 1])
     with pytest.raises(ValueError, match="label 2 but only 1 categories"):
         coco.evaluate_coco(truths, [], category_ids=[1])
+
+
+def test_areas_come_from_the_annotations(tmp_path, make_coco):
+    """Objects whose annotation area (the segment's) differs from their box area: APs, APm,
+    APl (and ARs/m/l) follow the annotation, as pycocotools does on the same JSON file."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    from ssd_jax.data.coco import coco_source
+    from ssd_jax.evaluation import from_source
+
+    rng = np.random.default_rng(0)
+    images, annotations, results = [], [], []
+    for i in range(1, 13):
+        images.append({"id": i, "file_name": f"{i}.jpg", "width": 200, "height": 160})
+        for j in range(3):
+            x, y, w, h = (float(v) for v in (rng.uniform(0, 100), rng.uniform(0, 80), rng.uniform(20, 90),
+                                             rng.uniform(20, 70)))
+            # a box area of 400-6300 px; the segment fills 15-100% of it (small, medium, large differ)
+            area = w * h * float(rng.uniform(0.15, 1.0))
+            annotations.append({"id": len(annotations) + 1, "image_id": i, "category_id": 1 + (i + j) % 2,
+                                "bbox": [x, y, w, h], "area": area, "iscrowd": 0})
+            if rng.random() < 0.8:
+                jitter = rng.normal(0, 4, 4)
+                results.append({"image_id": i, "category_id": annotations[-1]["category_id"],
+                                "bbox": [x + jitter[0], y + jitter[1], max(w + jitter[2], 2), max(h + jitter[3], 2)],
+                                "score": float(rng.random())})
+    data = {"images": images, "annotations": annotations,
+            "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]}
+    json_path, image_dir = make_coco(str(tmp_path), data, images=False)
+    boxes = np.array([a["bbox"] for a in annotations])
+    box_area = boxes[:, 2] * boxes[:, 3]
+    areas = np.array([a["area"] for a in annotations])
+    assert ((box_area < 32 ** 2) != (areas < 32 ** 2)).sum() >= 5  # the split differs for many objects
+
+    source = coco_source(json_path, image_dir, check_images=False)
+    evaluator = from_source.make_evaluator(source, "coco")
+    evaluator.reset()
+    by_image = {}
+    for r in results:
+        by_image.setdefault(r["image_id"], []).append(r)
+    for image_id in range(1, 13):
+        rs = by_image.get(image_id, [])
+        xywh = np.array([r["bbox"] for r in rs]).reshape(-1, 4)
+        xyxy = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1)
+        evaluator.add_image(ImageDetections(image_id, xyxy, np.array([r["score"] for r in rs]),
+                                            np.array([r["category_id"] for r in rs], np.int64)))
+    ours = evaluator.compute()
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(json_path)
+        ev = COCOeval(gt, gt.loadRes(results), "bbox")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    np.testing.assert_allclose([ours[n] for n in coco.STAT_NAMES], ev.stats, rtol=0, atol=1e-12)
