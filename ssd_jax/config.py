@@ -162,6 +162,54 @@ class Settings:
         self.data.check_paths()
 
 
+# ------------------------------------------------------------------------ resuming a run
+
+#: Settings that define what a checkpoint is: a resumed run refuses to change them (unless
+#: told to). The sections ``model``, ``data`` (with its augmentation) and ``loss``, and the
+#: seed; the fields of :data:`RESUME_FREE` only choose how the same computation runs.
+RESUME_FROZEN_SECTIONS = ("model", "data", "loss")
+RESUME_FROZEN_RUN_FIELDS = ("seed",)
+RESUME_FREE = frozenset({"model.conv_wgrad", "model.cpu_kernels", "data.num_workers", "data.cache_dir"})
+
+
+class ConfigChangeError(ValueError):
+    """A run resumed with a config that changes what its checkpoints are."""
+
+
+def settings_values(settings: Settings) -> dict[str, Any]:
+    """``{config key: value}`` of every setting (``num_steps``, ``model.width``,
+    ``data.crop`` ...), JSON-comparable (tuples as lists); derived fields left out."""
+    out: dict[str, Any] = {}
+    for name, section in (("", settings.run), ("model", settings.model), ("data", settings.data),
+                          ("data", settings.augment), ("optim", settings.optim), ("loss", settings.loss),
+                          ("eval", settings.eval)):
+        if section is None:  # augmentation off: data.augment says so
+            continue
+        for f in dataclasses.fields(section):
+            if f.name in section.DERIVED:
+                continue
+            value = getattr(section, f.name)
+            out[f"{name}.{f.name}" if name else f.name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def resume_changes(previous: Settings, new: Settings) -> tuple[dict[str, list], dict[str, list]]:
+    """``(refused, allowed)``: the settings that differ between a run's ``previous`` config
+    and the ``new`` one it resumes with, as ``{key: [old, new]}``; ``refused`` holds those
+    of :data:`RESUME_FROZEN_SECTIONS` and :data:`RESUME_FROZEN_RUN_FIELDS` (not
+    :data:`RESUME_FREE`)."""
+    old_values, new_values = settings_values(previous), settings_values(new)
+    refused, allowed = {}, {}
+    for key in sorted(set(old_values) | set(new_values)):
+        a, b = old_values.get(key), new_values.get(key)
+        if a == b:
+            continue
+        section = key.split(".")[0] if "." in key else ""
+        frozen = (section in RESUME_FROZEN_SECTIONS or key in RESUME_FROZEN_RUN_FIELDS) and key not in RESUME_FREE
+        (refused if frozen else allowed)[key] = [a, b]
+    return refused, allowed
+
+
 # ---------------------------------------------------------------------------- experiment files
 
 

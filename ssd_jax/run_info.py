@@ -78,9 +78,18 @@ def device_info() -> dict:
     }
 
 
-def write_run_info(workdir: str, config_json: str) -> dict:
-    """Write ``config.json`` and ``run_info.json`` into ``workdir``; returns the info."""
+def write_run_info(workdir: str, config_json: str, extra: dict | None = None) -> dict:
+    """Write ``config.json`` and ``run_info.json`` (with ``extra`` entries) into ``workdir``;
+    returns the info. A restart keeps the previous start's files as ``config.<n>.json`` and
+    ``run_info.<n>.json`` (n = 1, 2, ... in start order)."""
     os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, "run_info.json")
+    n = 1
+    while os.path.exists(os.path.join(workdir, f"run_info.{n}.json")) or os.path.exists(os.path.join(workdir, f"config.{n}.json")):
+        n += 1
+    for name in ("config", "run_info"):
+        if os.path.exists(os.path.join(workdir, f"{name}.json")):
+            os.rename(os.path.join(workdir, f"{name}.json"), os.path.join(workdir, f"{name}.{n}.json"))
     with open(os.path.join(workdir, "config.json"), "w") as f:
         f.write(config_json)
     info = {
@@ -94,13 +103,8 @@ def write_run_info(workdir: str, config_json: str) -> dict:
         "malloc_env": host_malloc.current(),
         "git": git_commit(),
         **device_info(),
+        **(extra or {}),
     }
-    path = os.path.join(workdir, "run_info.json")
-    if os.path.exists(path):
-        n = 1
-        while os.path.exists(os.path.join(workdir, f"run_info.{n}.json")):
-            n += 1
-        os.rename(path, os.path.join(workdir, f"run_info.{n}.json"))
     with open(path, "w") as f:
         json.dump(info, f, indent=1)
     return info

@@ -23,6 +23,7 @@ picture of the predictions on the first validation images to
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -37,6 +38,7 @@ import numpy as np
 from flax import nnx
 
 from ssd_jax import anchors, builders, checkpointing, metric_writers, parallel, run_info
+from ssd_jax import config as config_lib
 from ssd_jax import train_step as train_lib
 from ssd_jax.config import Settings
 from ssd_jax.data import pipeline, transforms
@@ -111,25 +113,67 @@ def _flat_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- the loop
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def _resumed_settings(workdir: str) -> Settings | None:
+    """The settings of the run in ``workdir`` when it holds checkpoints to resume (None
+    for a new run)."""
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    config_path = os.path.join(workdir, "config.json")
+    if not (os.path.isdir(ckpt_dir) and any(n.isdigit() for n in os.listdir(ckpt_dir)) and os.path.isfile(config_path)):
+        return None
+    with open(config_path) as f:
+        return Settings.from_config(ml_collections.ConfigDict(json.load(f)))
+
+
+def _check_resume(workdir: str, previous: Settings, settings: Settings, allow: bool) -> dict[str, Any]:
+    """The config changes of a resume, ``{key: [old, new]}``; raises ConfigChangeError for
+    refused ones unless ``allow``."""
+    refused, allowed = config_lib.resume_changes(previous, settings)
+    if refused and not allow:
+        lines = "\n".join(f"  {k}: {a!r} -> {b!r}" for k, (a, b) in refused.items())
+        raise config_lib.ConfigChangeError(
+            f"{workdir} holds checkpoints of another config; these settings differ from its config.json:\n{lines}\n"
+            "Resume with the run's own settings, start a new workdir, or pass --allow-config-change "
+            "(launch.py train) / allow_config_change=True to resume anyway.")
+    changes = {**refused, **allowed}
+    for key, (a, b) in changes.items():
+        logger.warning("resuming %s with %s changed: %r -> %r", workdir, key, a, b)
+    return changes
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       allow_config_change: bool = False) -> dict[str, Any]:
     """Run (or resume) the experiment ``config`` in ``workdir``.
+
+    A workdir that holds checkpoints is resumed. Its ``config.json`` is compared with
+    ``config`` first: a change of the model, the data or the loss (or the seed) raises
+    :class:`~ssd_jax.config.ConfigChangeError` listing the keys, unless
+    ``allow_config_change``; the other changes (more steps, another learning rate ...) are
+    logged and recorded in ``run_info.json`` (``config_changes``), and the learning-rate
+    schedule is rebuilt from the new settings (its value at the resumed step is logged).
 
     Returns ``{"step": last step, "metrics": last logged train metrics, "eval": last
     evaluation or {}, "preempted": bool, "state": the final TrainState}``.
     """
     settings = Settings.from_config(config)
     settings.check_paths()
-    if settings.run.init_from:
-        # The convention the pretrained weights expect, recorded in config.json for eval and predict.
-        config = config.copy_and_resolve_references()
-        config.model.normalization = builders.init_from_normalization(settings.model, settings.run.init_from)
-        settings = Settings.from_config(config)
-    run = settings.run
     workdir = os.path.abspath(workdir)
+    previous = _resumed_settings(workdir)
+    if settings.model.normalization == "auto" and (previous is not None or settings.run.init_from):
+        # The convention the weights expect, recorded in config.json for eval and predict:
+        # the resumed run's, else the one the pretrained checkpoint records.
+        config = config.copy_and_resolve_references()
+        config.model.normalization = (previous.model.normalization if previous is not None
+                                      else builders.init_from_normalization(settings.model, settings.run.init_from))
+        settings = Settings.from_config(config)
+    elif settings.run.init_from and previous is None:
+        builders.init_from_normalization(settings.model, settings.run.init_from)  # a contradiction is an error
+    changes = {} if previous is None else _check_resume(workdir, previous, settings, allow_config_change)
+    run = settings.run
     os.makedirs(workdir, exist_ok=True)
     primary = jax.process_index() == 0
     if primary:
-        run_info.write_run_info(workdir, config.to_json_best_effort(indent=1, sort_keys=True))
+        run_info.write_run_info(workdir, config.to_json_best_effort(indent=1, sort_keys=True),
+                                {"config_changes": changes} if changes else None)
 
     mesh = parallel.make_mesh()
     global_bs = settings.data.batch_size
@@ -154,6 +198,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if ckpt.latest_step() is not None:
         state = ckpt.restore(None, state, data_iter)
         logger.info("resumed from step %d", int(state.step))
+        if any(k.startswith("optim.") or k == "num_steps" for k in changes):
+            resumed = int(jax.device_get(state.step))
+            old_lr = float(train_lib.make_schedule(previous.optim)(resumed))
+            logger.warning("optimiser settings changed on resume: the learning-rate schedule is rebuilt; "
+                           "at step %d it gives %.6g (the previous schedule gave %.6g)", resumed,
+                           float(schedule(resumed)), old_lr)
     step = int(jax.device_get(state.step))
     num_steps = run.num_steps
     if primary:  # entries past the restored step are replayed, so logged once, by the replay

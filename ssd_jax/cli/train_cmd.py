@@ -30,6 +30,8 @@ def parse_args(argv: list[str]):
     parser.add_argument("--config", default=DEFAULT_CONFIG, help="experiment file[:arg] (default: the built-in demo)")
     parser.add_argument("--workdir", default=None, help="run folder (default runs/<config.name>)")
     parser.add_argument("--print_config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("--allow-config-change", action="store_true",
+                        help="resume a workdir even when the model, data or loss settings differ from its config.json")
     overrides_text = [a for a in argv if a.startswith(config_lib.PREFIX)]
     rest = [a for a in argv if not a.startswith(config_lib.PREFIX)]
     args = parser.parse_args(rest)
@@ -67,7 +69,10 @@ def main(argv: list[str]) -> int:
         print(f"launch.py train: {e}", file=sys.stderr)
         return 2
     try:
-        result = training_loop.train_and_evaluate(config, workdir)
+        result = training_loop.train_and_evaluate(config, workdir, allow_config_change=args.allow_config_change)
+    except config_lib.ConfigChangeError as e:
+        print(f"launch.py train: {e}", file=sys.stderr)
+        return 2
     except training_loop.NonFiniteLossError as e:
         print(f"launch.py train: {e}", file=sys.stderr)
         return 3

@@ -1,4 +1,4 @@
-"""``launch.py eval`` and ``launch.py predict`` on a tiny training run (subprocesses),
+"""``launch.py eval``, ``predict`` and a refused ``train`` resume on a tiny training run,
 including a checkpoint saved on 1 device evaluated on 8 simulated CPU devices."""
 
 import glob
@@ -67,3 +67,17 @@ def test_eval_and_predict_errors_name_the_problem(launched_run, tmp_path, capsys
     with pytest.raises(SystemExit) as exit_info:
         main(["predict", f"--workdir={workdir}", "--images", str(tmp_path / "nope.jpg"), f"--output={tmp_path}"])
     assert exit_info.value.code == 2 and "not found" in capsys.readouterr().err
+
+
+@pytest.mark.xdist_group("launched_run")
+def test_train_resume_with_another_model_is_refused(launched_run, tmp_path, capsys):
+    """``launch.py train`` on a workdir of another network size: exit 2 naming the key and
+    the flag, before anything is trained."""
+    workdir = tmp_path / "run"
+    shutil.copytree(launched_run[0], workdir)
+    args = ["train", "--config.runlocal=True", "--config.model.name=tiny_cnn", "--config.model.image_size=48",
+            f"--config.data.cache_dir={launched_run[1]}", f"--workdir={workdir}"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "model.image_size: 32 -> 48" in err and "--allow-config-change" in err
+    assert sorted(os.listdir(workdir / "checkpoints")) == ["2", "4"]

@@ -71,6 +71,40 @@ def test_a_killed_run_resumes_with_one_log_line_per_step(tiny_config, tmp_path):
     assert (tmp_path / "metrics.jsonl").read_text().endswith("}\n")
 
 
+def test_resume_refuses_a_changed_model_data_or_loss_and_records_allowed_changes(tiny_config, tmp_path, caplog):
+    import json
+    import logging
+
+    from ssd_jax.config import ConfigChangeError
+
+    workdir = tmp_path / "run"
+    training_loop.train_and_evaluate(tiny_config(num_steps=2, checkpoint_every=2), str(workdir))
+    first_config = (workdir / "config.json").read_text()
+    changed = tiny_config(num_steps=4, checkpoint_every=2, **{"loss.neg_pos_ratio": 2.0, "model.image_size": 48})
+    with pytest.raises(ConfigChangeError, match=r"(?s)loss.neg_pos_ratio: 3.0 -> 2.0.*model.image_size: 32 -> 48"
+                                                r".*--allow-config-change"):
+        training_loop.train_and_evaluate(changed, str(workdir))
+    assert (workdir / "config.json").read_text() == first_config and not (workdir / "config.1.json").exists()
+
+    # More steps and another learning rate: allowed, logged, recorded; the schedule is rebuilt.
+    more = tiny_config(num_steps=4, checkpoint_every=2, **{"optim.lr": 0.5, "data.num_workers": 0})
+    with caplog.at_level(logging.WARNING):
+        result = training_loop.train_and_evaluate(more, str(workdir))
+    assert result["step"] == 4
+    info = json.loads((workdir / "run_info.json").read_text())
+    assert info["config_changes"] == {"num_steps": [2, 4], "optim.lr": [tiny_config().optim.lr, 0.5]}
+    assert (workdir / "config.1.json").read_text() == first_config  # the first start's config, archived
+    assert json.loads((workdir / "config.json").read_text())["num_steps"] == 4
+    assert "learning-rate schedule is rebuilt; at step 2" in caplog.text
+
+    # A refused change goes through when asked for, and is recorded too.
+    bigger = tiny_config(num_steps=6, checkpoint_every=2, **{"optim.lr": 0.5, "loss.neg_pos_ratio": 2.0})
+    assert training_loop.train_and_evaluate(bigger, str(workdir), allow_config_change=True)["step"] == 6
+    info = json.loads((workdir / "run_info.json").read_text())
+    assert info["config_changes"] == {"num_steps": [4, 6], "loss.neg_pos_ratio": [3.0, 2.0]}
+    assert sorted(p.name for p in workdir.glob("config*.json")) == ["config.1.json", "config.2.json", "config.json"]
+
+
 def test_keeps_the_last_k_checkpoints(tiny_config, tmp_path):
     training_loop.train_and_evaluate(tiny_config(num_steps=5, checkpoint_every=1, keep_checkpoints=2), str(tmp_path))
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["4", "5"]
