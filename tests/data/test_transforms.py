@@ -102,8 +102,48 @@ def test_crop_constraint_really_enforced():
     assert window is not None
 
 
-def test_crop_default_choices_include_half():
-    assert T.SSD_MIN_IOUS == (None, 0.1, 0.3, 0.5, 0.7, 0.9)
+@pytest.mark.parametrize("min_iou", [0.0, 0.1, 0.3, 0.5, 0.7, 0.9])
+def test_crop_windows_are_found_and_satisfy_min_iou(min_iou):
+    """The property test above checks the windows it gets; here windows must be found (a
+    box of 50-95% of the image side, 95-100% for IoU 0.9, reaches the threshold within the
+    50 trials most of the time)."""
+    rng = np.random.default_rng(int(min_iou * 10))
+    found = 0
+    for _ in range(40):
+        w, h = 100, 80
+        lo, hi = (0.5, 0.95) if min_iou < 0.9 else (0.95, 1.0)  # IoU 0.9 needs a near-whole-image box
+        bw, bh = rng.uniform(lo, hi) * w, rng.uniform(lo, hi) * h
+        x0, y0 = rng.uniform(0, w - bw), rng.uniform(0, h - bh)
+        boxes = np.array([[x0, y0, x0 + bw, y0 + bh], [5, 5, 15, 20]], np.float32)
+        window = T.sample_crop_window(boxes, h, w, rng, min_iou)
+        if window is None:
+            continue
+        found += 1
+        centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+        inside = ((centres[:, 0] > window[0]) & (centres[:, 0] < window[2]) & (centres[:, 1] > window[1])
+                  & (centres[:, 1] < window[3]))
+        assert inside.any()
+        assert T.box_iou(boxes[inside].astype(np.float64), window[None].astype(np.float64)).max() >= min_iou
+    assert found >= 10, f"{found} of 40 windows found at min IoU {min_iou}"
+
+
+def test_random_crop_draws_each_sampler_of_the_paper(monkeypatch):
+    """The default samplers (no crop, min IoU 0.1 ... 0.9) are each drawn, uniformly."""
+    seen = []
+    real = T.sample_crop_window
+
+    def record(boxes, h, w, rng, min_iou, **kw):
+        seen.append(min_iou)
+        return real(boxes, h, w, rng, min_iou, **kw)
+
+    image = np.zeros((40, 40, 3), np.uint8)
+    boxes, labels = np.array([[5, 5, 30, 30]], np.float32), np.array([1], np.int32)
+    monkeypatch.setattr(T, "sample_crop_window", record)
+    for seed in range(600):
+        T.random_crop(image, boxes, labels, np.random.default_rng(seed))
+    counts = {m: seen.count(m) for m in (0.1, 0.3, 0.5, 0.7, 0.9)}
+    assert set(seen) == set(counts) and all(70 <= c <= 130 for c in counts.values()), counts
+    assert 600 - len(seen) in range(70, 131)  # "no crop": the image passes untouched
 
 
 def test_crop_keeps_content_and_centre_rule():

@@ -110,12 +110,23 @@ def test_image_detections_keeps_valid_and_scales_to_pixels():
     assert boxes.shape == (1, 4) and classes.tolist() == [2]
 
 
-def test_network_input_is_the_eval_transform():
-    from ssd_jax.data import transforms
+def test_network_input_is_the_eval_loader(tmp_path, make_coco):
+    """``predict`` reads a file and calls ``network_input``: the network sees exactly the
+    image the eval pipeline gives it for the same file."""
+    from PIL import Image
 
-    rng = np.random.default_rng(0)
-    image = rng.integers(0, 256, size=(37, 53, 3), dtype=np.uint8)
-    x = transforms.network_input(image, 32, transforms.TORCHVISION_NORM)
-    resized, _, _ = transforms.resize(image, np.zeros((0, 4)), np.zeros((0,), np.int32), size=32)
-    assert x.shape == (32, 32, 3) and x.dtype == np.float32
-    np.testing.assert_array_equal(x, transforms.TORCHVISION_NORM(resized))
+    from ssd_jax.data import transforms
+    from ssd_jax.data.coco import coco_source
+    from ssd_jax.data.pipeline import PipelineConfig, eval_dataset
+
+    data = {"images": [{"id": 1, "file_name": "a.jpg", "width": 53, "height": 37}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [3, 4, 20, 10], "iscrowd": 0}],
+            "categories": [{"id": 1, "name": "x"}]}
+    source = coco_source(*make_coco(str(tmp_path), data))
+    for norm in (transforms.TORCHVISION_NORM, transforms.CAFFE_VGG_NORM):
+        cfg = PipelineConfig(image_size=32, batch_size=1, normalization=norm, augment=None)
+        (batch,) = list(eval_dataset(source, cfg, process_index=0, process_count=1))
+        image = np.asarray(Image.open(source.records[0].image_path).convert("RGB"))  # as predict reads it
+        x = transforms.network_input(image, 32, norm)
+        assert x.shape == (32, 32, 3) and x.dtype == np.float32
+        np.testing.assert_array_equal(x, batch["image"][0])

@@ -462,8 +462,13 @@ def test_voc_experiment_on_a_tiny_devkit(tmp_path, make_voc):
     config.data.voc_root = str(tmp_path / "devkit")
     config.data.voc_train = ("2007/trainval",)
     result = training_loop.train_and_evaluate(config, str(tmp_path / "run"))
-    assert result["step"] == config.num_steps and result["eval"]["num_images"] == 2
-    assert "mAP" in result["eval"]
+    ev = result["eval"]
+    assert result["step"] == config.num_steps and ev["num_images"] == 2
+    # VOC metric with the difficult flags: person has only difficult objects (no AP), car
+    # has an AP; classes without objects have none; mAP is the mean over the classes with one
+    assert np.isnan(ev["AP/person"]) and np.isnan(ev["AP/dog"]) and 0.0 <= ev["AP/car"] <= 1.0
+    per_class = [v for k, v in ev.items() if k.startswith("AP/") and not np.isnan(v)]
+    assert per_class == [ev["AP/car"]] and ev["mAP"] == pytest.approx(ev["AP/car"])
 
 
 @pytest.mark.parametrize("experiment", ["ssd300_vgg16_coco", "ssdlite_mobilenetv2_coco"])
@@ -479,8 +484,12 @@ def test_coco_experiments_on_a_tiny_coco_json(tmp_path, experiment, make_coco, t
     config.data.coco_train_json = config.data.coco_val_json = json_path
     config.data.coco_train_images = config.data.coco_val_images = images
     result = training_loop.train_and_evaluate(config, str(tmp_path / "run"))
-    assert result["step"] == config.num_steps and result["eval"]["num_images"] == 3
-    assert {"AP", "AP50", "AR100", "AP/zebra"} <= set(result["eval"])
+    ev = result["eval"]
+    assert result["step"] == config.num_steps and ev["num_images"] == 3
+    # COCO metric: every category has a (non-crowd) object, so an AP in [0, 1]; AP is their mean
+    per_class = [ev[f"AP/{c}"] for c in ("cat", "dog", "zebra")]
+    assert all(0.0 <= v <= 1.0 for v in per_class) and ev["AP"] == pytest.approx(np.mean(per_class))
+    assert 0.0 <= ev["AP50"] <= 1.0 and 0.0 <= ev["AR100"] <= 1.0 and ev["AP50"] >= ev["AP"] - 1e-12
 
 
 def test_config_checks_are_clear():
