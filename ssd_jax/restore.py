@@ -58,14 +58,18 @@ def checkpoint_steps(workdir: str) -> list[int]:
         ckpt.close()
 
 
-def best_step(workdir: str, key: str = "mAP") -> tuple[int, float]:
+def best_step(workdir: str, key: str = "mAP", metric: str | None = None) -> tuple[int, float]:
     """The kept checkpoint with the highest evaluation ``key``, from the training log
     (``metrics.jsonl``, ``eval/<key>`` entries) and earlier ``launch.py eval`` results
-    (``eval/step_<N>.json``). Raises if no kept checkpoint was evaluated."""
+    (``eval/step_<N>.json``); ties go to the later step. Only complete evaluations count
+    (not those of ``eval_max_images`` / ``--max-images``, recorded as ``complete`` 0 /
+    false; records without the flag count as complete), and with ``metric`` (``voc`` or
+    ``coco``) only ``launch.py eval`` results of that metric. Raises if no kept checkpoint
+    has such an evaluation."""
     workdir = os.path.abspath(workdir)
     scores: dict[int, float] = {}
     for entry in read_metrics(workdir):
-        if f"eval/{key}" in entry:
+        if f"eval/{key}" in entry and entry.get("eval/complete", 1.0) != 0.0:
             scores[int(entry["step"])] = float(entry[f"eval/{key}"])
     eval_dir = os.path.join(workdir, "eval")
     if os.path.isdir(eval_dir):
@@ -73,6 +77,8 @@ def best_step(workdir: str, key: str = "mAP") -> tuple[int, float]:
             if name.startswith("step_") and name.endswith(".json"):
                 with open(os.path.join(eval_dir, name)) as f:
                     result = json.load(f)
+                if result.get("complete") is False or (metric and result.get("metric", metric) != metric):
+                    continue
                 if key in result.get("metrics", {}):
                     scores[int(result["step"])] = float(result["metrics"][key])
     kept = set(checkpoint_steps(workdir))

@@ -12,7 +12,6 @@ network + ``detect`` over the eval split, prints mAP and per-class AP, and write
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import os
@@ -53,12 +52,10 @@ def main(argv: list[str]) -> int:
     step = args.step
     if args.best:
         settings = restore.load_run_settings(args.workdir)
-        step, score = restore.best_step(args.workdir, settings.eval.best_key)
+        step, score = restore.best_step(args.workdir, settings.eval.best_key, settings.eval.metric)
         print(f"best kept checkpoint: step {step} (recorded {settings.eval.best_key} {score:.4f})")
     run = restore.restore_run(args.workdir, step)
     config, settings, source = run.config, run.settings, run.eval_source
-    if args.max_images:
-        source = dataclasses.replace(source, records=tuple(source.records[: args.max_images]))
     metric = args.metric or settings.eval.metric
     evaluator = builders.build_evaluator(source, settings.eval, metric)
     predict = builders.build_predict_fn(run.graphdef, run.model.spec, settings)
@@ -66,11 +63,12 @@ def main(argv: list[str]) -> int:
     batch = args.batch_size or settings.data.batch_size
     batch = -(-batch // devices) * devices  # a multiple of the device count
     pcfg = builders.eval_pipeline_config(settings, run.model.spec.image_size, batch)
-    bar = tqdm(total=len(source), desc=f"eval step {run.step}", unit="img", dynamic_ncols=True)
+    total = min(len(source), args.max_images) if args.max_images else len(source)
+    bar = tqdm(total=total, desc=f"eval step {run.step}", unit="img", dynamic_ncols=True)
     metrics, rate = eval_loop.evaluate(predict, run.params, run.model_state, source, pcfg, run.mesh, evaluator,
-                                       progress=lambda done: bar.update(done - bar.n))
+                                       max_images=args.max_images, progress=lambda done: bar.update(done - bar.n))
     bar.close()
-    print(f"{config.name}: {run.model.name}, checkpoint step {run.step}, {len(source)} images of "
+    print(f"{config.name}: {run.model.name}, checkpoint step {run.step}, {total} images of "
           f"{source.name or 'the eval split'}, {metric} metric, {devices} device(s), "
           f"{rate:.2f} images/s")
     print(format_metrics(metrics))
@@ -78,7 +76,8 @@ def main(argv: list[str]) -> int:
     os.makedirs(out_dir, exist_ok=True)
     json_path = os.path.join(out_dir, f"step_{run.step}.json")
     with open(json_path, "w") as f:
-        json.dump({"step": run.step, "metric": metric, "num_images": len(source), "devices": devices,
+        json.dump({"step": run.step, "metric": metric, "num_images": total, "complete": bool(metrics["complete"]),
+                   "devices": devices,
                    "images_per_sec": rate, "metrics": metrics}, f, indent=1)
     ap = {k[3:]: v for k, v in metrics.items() if k.startswith("AP/")}
     png = plots.plot_precision_recall(evaluator.precision_recall(),

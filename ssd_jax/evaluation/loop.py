@@ -162,10 +162,15 @@ def evaluate(
     its shard of the images, every batch's detections and record indices are gathered to
     all hosts (one ``process_allgather`` per batch), and every host feeds the whole split
     to its evaluator: the metrics are the same on all hosts.
+
+    ``metrics['complete']`` is 1.0 when every image of ``source`` was evaluated, 0.0 for a
+    partial round (``max_images``): only complete rounds rank checkpoints
+    (:func:`ssd_jax.restore.best_step`).
     """
     from ssd_jax import parallel
     from ssd_jax.data import pipeline
 
+    complete = not max_images or max_images >= len(source)
     if max_images:
         source = dataclasses.replace(source, records=tuple(source.records[:max_images]))
     count = jax.process_count()
@@ -185,5 +190,6 @@ def evaluate(
         def gather(detections, batch):  # one collective per batch
             return multihost_utils.process_allgather(
                 (detections, np.asarray(batch["index"]), np.asarray(batch["valid"])), tiled=True)
-    return evaluate_batches(predict, params, model_state, batches, evaluator, source,
-                            progress=progress, shard=shard, gather=gather)
+    metrics, rate = evaluate_batches(predict, params, model_state, batches, evaluator, source,
+                                     progress=progress, shard=shard, gather=gather)
+    return {**metrics, "complete": float(complete)}, rate

@@ -36,12 +36,16 @@ def test_eval_on_1_and_8_devices_and_predict(tmp_path, launched_run, run_python)
         assert abs(eight["metrics"][key] - value) < 1e-6 or (value != value and eight["metrics"][key] != eight["metrics"][key]), key
 
     # --best: step 4 was evaluated by the training log and above; an earlier eval of step 2
-    # (written here, with a known score) ties it (the later step wins), then beats it.
-    record = {"step": 2, "metric": "voc", "num_images": one["num_images"], "devices": 1, "metrics": {}}
-    for score, expected in ((one["metrics"]["mAP"], 4), (one["metrics"]["mAP"] + 0.1, 2)):
-        record["metrics"]["mAP"] = score
+    # (written here, with a known score) ties it (the later step wins), does not count when
+    # partial or of another metric, then beats it.
+    assert one["complete"] is True and one["metrics"]["complete"] == 1.0
+    best = one["metrics"]["mAP"]
+    for score, changes, expected in ((best, {}, 4), (best + 0.5, {"complete": False}, 4),
+                                     (best + 0.5, {"metric": "coco"}, 4), (best + 0.1, {}, 2)):
+        record = {"step": 2, "metric": "voc", "num_images": one["num_images"], "complete": True, "devices": 1,
+                  "metrics": {"mAP": score}, **changes}
         (workdir / "eval" / "step_2.json").write_text(json.dumps(record))
-        assert restore.best_step(str(workdir)) == (expected, pytest.approx(max(score, one["metrics"]["mAP"])))
+        assert restore.best_step(str(workdir), "mAP", "voc") == (expected, pytest.approx(best if expected == 4 else score))
     proc = _run(["eval", f"--workdir={workdir}", "--best"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "best kept checkpoint: step 2" in proc.stdout and "checkpoint step 2" in proc.stdout

@@ -500,3 +500,20 @@ def test_config_checks_are_clear():
         Settings.from_config(get_config())
     with pytest.raises(ValueError, match="needs data.coco_train_json"):
         Settings.from_config(coco_config())
+
+
+def test_best_step_ranks_only_complete_evaluations(tmp_path, monkeypatch):
+    """A partial evaluation in the training log (eval_max_images: ``eval/complete`` 0) does
+    not rank checkpoints, however high its score; a log without the flag counts."""
+    import json
+
+    from ssd_jax import restore
+
+    monkeypatch.setattr(restore, "checkpoint_steps", lambda workdir: [2, 4, 6])
+    lines = [{"step": 2, "eval/mAP": 0.9, "eval/complete": 0.0}, {"step": 4, "eval/mAP": 0.5, "eval/complete": 1.0},
+             {"step": 6, "eval/mAP": 0.4}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    assert restore.best_step(str(tmp_path)) == (4, 0.5)
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 2, "eval/mAP": 0.9, "eval/complete": 0.0}) + "\n")
+    with pytest.raises(ValueError, match="no kept checkpoint"):
+        restore.best_step(str(tmp_path))
