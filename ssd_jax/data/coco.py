@@ -74,8 +74,12 @@ def coco_source(
                 raise ValueError(f"{where}: image entry {img!r} has no {key!r}")
         images[img["id"]] = img
     by_image = collections.defaultdict(list)
+    annotation_ids = set()
     for ann in data["annotations"]:
         aid = ann.get("id")
+        if aid in annotation_ids:  # pycocotools indexes annotations by id: a duplicate hides one
+            raise ValueError(f"{where}: duplicate annotation id {aid!r}")
+        annotation_ids.add(aid)
         if ann.get("image_id") not in images:
             raise ValueError(
                 f"{where}: annotation {aid} refers to unknown image id {ann.get('image_id')!r}"
@@ -86,8 +90,9 @@ def coco_source(
                 f"{ann.get('category_id')!r}, not in the categories {category_ids}"
             )
         bbox = ann.get("bbox")
-        if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
-            raise ValueError(f"{where}: annotation {aid} has bbox {bbox!r}, expected [x, y, w, h]")
+        if (not isinstance(bbox, (list, tuple)) or len(bbox) != 4
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox)):
+            raise ValueError(f"{where}: annotation {aid} has bbox {bbox!r}, expected [x, y, w, h] numbers")
         area = ann.get("area")
         if area is not None and (isinstance(area, bool) or not isinstance(area, (int, float)) or not area >= 0):
             raise ValueError(f"{where}: annotation {aid} has area {area!r}, expected a number >= 0")

@@ -91,7 +91,10 @@ def parse_annotation(
         boxes.append((x0 - 1.0, y0 - 1.0, x1, y1))
         labels.append(index[name])
         diff = obj.find("difficult")
-        difficult.append(diff is not None and (diff.text or "0").strip() == "1")
+        flag = "0" if diff is None else (diff.text or "0").strip()
+        if flag not in ("0", "1"):
+            raise ValueError(f"{owhere} ({name}): <difficult> is {flag!r}, expected 0 or 1")
+        difficult.append(flag == "1")
         names.append(name)
     return make_record(
         image_path=image_path,

@@ -1,5 +1,6 @@
 """Bad input: clear errors at source construction, skipped (or strict) failures at load time."""
 
+import json
 import logging
 import os
 
@@ -186,3 +187,20 @@ def test_coco_area_that_is_not_a_number(tmp_path, make_coco, tiny_coco_dict):
     tiny_coco_dict["annotations"][2]["area"] = "large"
     with pytest.raises(ValueError, match=r"instances\.json: annotation 3 has area 'large', expected a number >= 0"):
         coco_source(*make_coco(str(tmp_path), tiny_coco_dict))
+
+
+def test_coco_duplicate_annotation_id_and_non_numeric_bbox(tmp_path, make_coco, tiny_coco_dict):
+    data = json.loads(json.dumps(tiny_coco_dict))
+    data["annotations"][3]["id"] = 1
+    with pytest.raises(ValueError, match=r"instances\.json: duplicate annotation id 1"):
+        coco_source(*make_coco(str(tmp_path / "a"), data))
+    data = json.loads(json.dumps(tiny_coco_dict))
+    data["annotations"][0]["bbox"] = [2, "3", 10, 5]
+    with pytest.raises(ValueError, match=r"instances\.json: annotation 1 has bbox \[2, '3', 10, 5\], expected"):
+        coco_source(*make_coco(str(tmp_path / "b"), data))
+
+
+def test_voc_difficult_other_than_0_or_1(voc_pair):
+    root = voc_pair([GOOD, ("cat", (2, 2, 9, 9), 2)])
+    with pytest.raises(ValueError, match=r"000002\.xml.*object 1 \(cat\): <difficult> is '2', expected 0 or 1"):
+        voc_source(root, [("2007", "trainval")])
