@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("eval_cmd", "evaluate a run's checkpoint on its eval split: table, JSON, PR curves"),
     "sweep": ("sweep_cmd", "run, list or summarise a hyperparameter sweep (experiments/<sweep>.py)"),
     "predict": ("predict_cmd", "detect objects in image files with a run's checkpoint: drawn PNGs + JSON"),
+    "validate": ("validate_cmd", "check an experiment's data: read every annotation, decode every image, report"),
 }
 
 

@@ -156,7 +156,11 @@ def check_boxes(
             | (boxes[:, 2] > width + tol) | (boxes[:, 3] > height + tol)
         )  # fmt: skip
         ok = finite & ~inverted & ~outside
+        before = boxes[ok].copy()
         boxes[ok] = np.clip(boxes[ok], 0, np.asarray([width, height, width, height], boxes.dtype))
+        clipped = int(np.any(boxes[ok] != before, axis=1).sum())
+        if clipped:  # within the tolerance: a rounding of the annotation tool, not an error
+            logger.debug("%s: %d box(es) clipped to the %dx%d image", where, clipped, width, height)
         empty_after_clip = ok & ~((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1]))
     keep = ok & ~empty_after_clip
     for i in np.flatnonzero(~keep):  # only the bad boxes take the slow path
