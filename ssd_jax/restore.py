@@ -31,8 +31,33 @@ class RestoredRun:
     params: Any
     model_state: Any
     step: int
-    eval_source: Any
+    eval_source: Any  # None when restored without it (restore_run(..., with_eval_source=False))
     mesh: Any
+    class_names: tuple[str, ...] = ()
+    category_ids: tuple[int, ...] | None = None  # a COCO dataset's ids of classes 1..C
+
+
+#: The run's classes, written at the start of training: what ``predict`` needs without the data.
+CLASSES_FILE = "classes.json"
+
+
+def write_run_classes(workdir: str, class_names, category_ids) -> None:
+    """Record the class names (labels 1..C) and, for COCO data, their category ids."""
+    with open(os.path.join(workdir, CLASSES_FILE), "w") as f:
+        json.dump({"class_names": list(class_names),
+                   "category_ids": None if category_ids is None else [int(c) for c in category_ids]}, f, indent=1)
+
+
+def load_run_classes(workdir: str) -> tuple[tuple[str, ...], tuple[int, ...] | None] | None:
+    """``(class_names, category_ids)`` recorded by :func:`write_run_classes`, or None for a
+    run that predates the record."""
+    path = os.path.join(workdir, CLASSES_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        data = json.load(f)
+    ids = data.get("category_ids")
+    return tuple(data["class_names"]), None if ids is None else tuple(int(c) for c in ids)
 
 
 def load_run_config(workdir: str) -> ml_collections.ConfigDict:
@@ -91,14 +116,23 @@ def best_step(workdir: str, key: str = "mAP", metric: str | None = None) -> tupl
     return step, candidates[step]
 
 
-def restore_run(workdir: str, step: int | None = None) -> RestoredRun:
+def restore_run(workdir: str, step: int | None = None, *, with_eval_source: bool = True) -> RestoredRun:
     """Rebuild the model of the run in ``workdir`` and restore checkpoint ``step`` (latest
-    by default) onto the devices of this process."""
+    by default) onto the devices of this process.
+
+    ``with_eval_source=False`` (prediction on other images) reads the classes from the
+    run's :data:`CLASSES_FILE` instead of the dataset, so the data need not be present; a
+    run without that record reads its eval source as before.
+    """
     workdir = os.path.abspath(workdir)
     config = load_run_config(workdir)
     settings = Settings.from_config(config)  # the same checks as when it trained
-    _, eval_source = builders.build_sources(settings.data)
-    model = builders.build_model(settings.model, eval_source.num_classes, nnx.Rngs(settings.run.seed))
+    classes = None if with_eval_source else load_run_classes(workdir)
+    eval_source = None
+    if classes is None:
+        _, eval_source = builders.build_sources(settings.data)
+        classes = eval_source.class_names, eval_source.category_ids
+    model = builders.build_model(settings.model, len(classes[0]), nnx.Rngs(settings.run.seed))
     tx, _ = train_lib.make_optimizer(settings.optim)
     graphdef, state = train_lib.create_train_state(model, tx, settings.run.seed)
     mesh = parallel.make_mesh()
@@ -114,4 +148,4 @@ def restore_run(workdir: str, step: int | None = None) -> RestoredRun:
     finally:
         ckpt.close()
     return RestoredRun(config, settings, model, graphdef, state.params, state.model_state, int(state.step),
-                       eval_source, mesh)
+                       eval_source, mesh, tuple(classes[0]), classes[1])

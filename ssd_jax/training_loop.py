@@ -37,7 +37,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from ssd_jax import anchors, builders, checkpointing, metric_writers, parallel, run_info
+from ssd_jax import anchors, builders, checkpointing, metric_writers, parallel, restore, run_info
 from ssd_jax import config as config_lib
 from ssd_jax import train_step as train_lib
 from ssd_jax.config import Settings
@@ -179,6 +179,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     global_bs = settings.data.batch_size
     local_bs = parallel.per_process_batch_size(global_bs, mesh)
     train_src, eval_src = builders.build_sources(settings.data)
+    if primary:  # what predict needs without the data
+        restore.write_run_classes(workdir, train_src.class_names, train_src.category_ids)
 
     model = builders.build_model(settings.model, train_src.num_classes, nnx.Rngs(run.seed))
     if run.init_from:

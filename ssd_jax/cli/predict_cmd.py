@@ -37,8 +37,7 @@ def main(argv: list[str]) -> int:
     from ssd_jax import builders, inference, restore, visualize
     from ssd_jax.data import transforms
 
-    run = restore.restore_run(args.workdir, args.step)
-    source = run.eval_source
+    run = restore.restore_run(args.workdir, args.step, with_eval_source=False)  # the dataset need not be here
     size = run.model.spec.image_size
     norm = builders.input_normalization(run.settings.model)
     predict = builders.build_predict_fn(run.graphdef, run.model.spec, run.settings)
@@ -55,9 +54,9 @@ def main(argv: list[str]) -> int:
         boxes, classes, scores = inference.image_detections(det, 0, w, h)
         name = os.path.basename(path)
         out = os.path.join(args.output, os.path.splitext(name)[0] + ".png")
-        visualize.draw_detections(image, boxes, classes, scores, source.class_names,
+        visualize.draw_detections(image, boxes, classes, scores, run.class_names,
                                   args.score_threshold).save(out)
-        category = source.label_to_category_id(classes) if source.category_ids else classes
+        category = np.asarray(run.category_ids, np.int64)[classes - 1] if run.category_ids else classes
         for b, s, c in zip(boxes, scores, category):
             results.append({"image_id": name, "category_id": int(c), "score": round(float(s), 5),
                             "bbox": [round(float(v), 2) for v in (b[0], b[1], b[2] - b[0], b[3] - b[1])]})

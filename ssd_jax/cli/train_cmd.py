@@ -77,5 +77,8 @@ def main(argv: list[str]) -> int:
         print(f"launch.py train: {e}", file=sys.stderr)
         return 3
     if result["eval"]:
-        print("eval: " + " ".join(f"{k}={v:.4f}" for k, v in sorted(result["eval"].items()) if not k.startswith("AP/")))
+        # the scores first, then the bookkeeping (images, failed images); per-class APs in the log
+        shown = {k: v for k, v in result["eval"].items() if not k.startswith("AP/") and k != "complete"}
+        order = sorted(shown, key=lambda k: (k in ("num_images", "failed_images"), k))
+        print("eval: " + " ".join(f"{k}={shown[k]:.4f}" for k in order))
     return 0

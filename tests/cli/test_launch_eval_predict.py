@@ -85,3 +85,23 @@ def test_train_resume_with_another_model_is_refused(launched_run, tmp_path, caps
     err = capsys.readouterr().err
     assert "model.image_size: 32 -> 48" in err and "--allow-config-change" in err
     assert sorted(os.listdir(workdir / "checkpoints")) == ["2", "4"]
+
+
+@pytest.mark.xdist_group("launched_run")
+def test_predict_needs_only_the_workdir(launched_run, tmp_path, capsys):
+    """The run records its classes (classes.json) and its input convention (config.json):
+    predict runs with the dataset gone (a cache folder that does not exist is not
+    generated) and names the same classes."""
+    workdir = tmp_path / "run"
+    shutil.copytree(launched_run[0], workdir)
+    classes = json.loads((workdir / "classes.json").read_text())
+    assert classes["class_names"][:2] == ["circle", "square"] and len(classes["category_ids"]) == 10
+    config = json.loads((workdir / "config.json").read_text())
+    config["data"]["cache_dir"] = str(tmp_path / "no_dataset")
+    (workdir / "config.json").write_text(json.dumps(config))
+    image = sorted(glob.glob(str(launched_run[1] / "**" / "*.jpg"), recursive=True))[0]
+    out = tmp_path / "pred"
+    assert main(["predict", f"--workdir={workdir}", "--images", image, f"--output={out}", "--score-threshold=0"]) == 0
+    assert not (tmp_path / "no_dataset").exists()
+    dets = json.loads((out / "detections.json").read_text())
+    assert dets and {d["category_id"] for d in dets} <= set(classes["category_ids"])
