@@ -93,6 +93,30 @@ def nms_keep_mask(candidate_boxes: Array, candidate_valid: Array, iou_threshold)
     return lax.fori_loop(0, k, step, candidate_valid)
 
 
+#: Most candidate pairs whose overlap NMS holds at once (``[B, classes, k, k]`` booleans):
+#: 64 Mi, 64 MiB. Beyond it the classes go through NMS in chunks, one after another.
+NMS_PAIRS_BUDGET = 1 << 26
+
+
+def _nms_by_class_chunks(cand_boxes: Array, cand_valid: Array, iou_threshold) -> Array:
+    """:func:`nms_keep_mask` of ``[B, C, k, 4]`` candidates, in chunks of classes small
+    enough that a chunk's ``[B, chunk, k, k]`` overlaps stay within
+    :data:`NMS_PAIRS_BUDGET` (COCO at batch 32 and k = 400 holds 410 Mi pairs at once
+    otherwise). Classes never interact in NMS, so the result is the same."""
+    b, c, k = cand_valid.shape
+    chunk = max(1, min(c, NMS_PAIRS_BUDGET // max(1, b * k * k)))
+    if chunk >= c:
+        return nms_keep_mask(cand_boxes, cand_valid, iou_threshold)
+    n = -(-c // chunk)
+    pad = n * chunk - c  # padding classes: no valid candidate, nothing kept
+    boxes = jnp.pad(cand_boxes, ((0, 0), (0, pad), (0, 0), (0, 0)))
+    valid = jnp.pad(cand_valid, ((0, 0), (0, pad), (0, 0)))
+    boxes = jnp.moveaxis(boxes.reshape(b, n, chunk, k, 4), 1, 0)  # [n, B, chunk, k, 4]
+    valid = jnp.moveaxis(valid.reshape(b, n, chunk, k), 1, 0)
+    keep = lax.map(lambda bv: nms_keep_mask(bv[0], bv[1], iou_threshold), (boxes, valid))  # [n, B, chunk, k]
+    return jnp.moveaxis(keep, 0, 1).reshape(b, n * chunk, k)[:, :c]
+
+
 def _check_inputs(class_logits, box_offsets, priors, candidates_per_class, max_detections):
     if class_logits.ndim != 3:
         raise ValueError(f"class_logits must be [B, P, C+1], got shape {class_logits.shape}")
@@ -187,7 +211,7 @@ def _detect(
         decoded[:, None, :, :], cand_idx[..., None], axis=2
     )  # [B, C, k, 4]
 
-    keep = nms_keep_mask(cand_boxes, cand_valid, nms_iou)  # [B, C, k]
+    keep = _nms_by_class_chunks(cand_boxes, cand_valid, nms_iou)  # [B, C, k]
 
     # The best max_detections survivors over all classes.
     flat_scores = jnp.where(keep, cand_scores, -jnp.inf).reshape(batch, num_classes * k)
