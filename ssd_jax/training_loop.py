@@ -194,8 +194,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     data_iter = iter(pipeline.train_dataset(train_src, builders.train_pipeline_config(settings, model.spec.image_size, local_bs)))
 
     evaluates = bool(run.eval_every or run.eval_at_end)
+    # Only evaluations of the whole eval split rank checkpoints (as launch.py eval --best).
+    complete_evals = not run.eval_max_images or run.eval_max_images >= len(eval_src)
+    if run.keep_best and evaluates and not complete_evals:
+        logger.warning("keep_best is off: evaluations cover %d of the %d eval images (eval_max_images), "
+                       "too few to rank checkpoints; the latest %d are kept", run.eval_max_images,
+                       len(eval_src), run.keep_checkpoints)
     ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), run.checkpoint_every,
-                                      run.keep_checkpoints, keep_best=run.keep_best and evaluates,
+                                      run.keep_checkpoints, keep_best=run.keep_best and evaluates and complete_evals,
                                       best_metric=settings.eval.best_key)
     if ckpt.latest_step() is not None:
         state = ckpt.restore(None, state, data_iter)

@@ -121,6 +121,22 @@ def test_keeps_the_latest_and_the_best_evaluated_checkpoint(tiny_config, tmp_pat
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["4", "8"]  # the best (0.9) and the latest
 
 
+def test_partial_evaluations_do_not_rank_checkpoints(tiny_config, tmp_path, monkeypatch, caplog):
+    """Evaluations of 2 of the 4 val images (eval_max_images): keep_best is off (said in
+    the log), so the latest checkpoint is kept, not the one with the best partial score."""
+    import logging
+
+    scores = {2: 0.5, 4: 0.9, 6: 0.1, 8: 0.2}
+    steps = iter(sorted(scores))
+    monkeypatch.setattr(training_loop.eval_loop, "evaluate", lambda *a, **k: ({"mAP": scores[next(steps)]}, 1.0))
+    config = tiny_config(num_steps=8, checkpoint_every=2, keep_checkpoints=1, eval_every=2, eval_at_end=True,
+                         eval_max_images=2)
+    with caplog.at_level(logging.WARNING):
+        training_loop.train_and_evaluate(config, str(tmp_path))
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["8"]
+    assert "keep_best is off: evaluations cover 2 of the 4 eval images" in caplog.text
+
+
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_config, tmp_path, monkeypatch):
     """A batch that makes the loss NaN (here: NaN pixels in the 3rd batch) stops the run with
     an error naming the step; the checkpoint of step 2 is the latest and resumes cleanly."""
