@@ -206,14 +206,16 @@ def create_writer(workdir: str, echo: Callable[[str], None] | None = print, enab
     return metric_writers.MultiWriter(writers)
 
 
-def _read_lines(path: str) -> list[dict]:
-    """The entries of the JSON-lines file ``path``. A last line that does not parse (the
-    write of a killed process) is skipped with a warning; a bad line before it is an error
-    naming the file and line."""
+def _read_lines(path: str) -> tuple[list[dict], bool]:
+    """``(entries, clean)`` of the JSON-lines file ``path``; ``clean``: it is empty or ends
+    with a newline. A last line that does not parse (the write of a killed process) is
+    skipped with a warning; a bad line before it is an error naming the file and line."""
     if not os.path.exists(path):
-        return []
+        return [], True
     with open(path) as f:
-        lines = f.read().split("\n")
+        text = f.read()
+    clean = not text or text.endswith("\n")
+    lines = text.split("\n")
     while lines and not lines[-1].strip():
         lines.pop()
     entries = []
@@ -227,13 +229,13 @@ def _read_lines(path: str) -> list[dict]:
                 logger.warning("%s: line %d is cut short (%s); skipped", path, number, e.msg)
                 break
             raise ValueError(f"{path}: line {number} is not JSON ({e.msg}): {line[:80]!r}") from None
-    return entries
+    return entries, clean
 
 
 def read_metrics(workdir: str) -> list[dict]:
     """All entries of ``<workdir>/metrics.jsonl`` (empty if none); a torn last line (a
     process killed while writing) is skipped."""
-    return _read_lines(os.path.join(workdir, "metrics.jsonl"))
+    return _read_lines(os.path.join(workdir, "metrics.jsonl"))[0]
 
 
 def truncate_metrics(workdir: str, step: int) -> int:
@@ -243,10 +245,8 @@ def truncate_metrics(workdir: str, step: int) -> int:
     path = os.path.join(workdir, "metrics.jsonl")
     if not os.path.exists(path):
         return 0
-    entries = _read_lines(path)
+    entries, clean = _read_lines(path)
     kept = [e for e in entries if int(e.get("step", 0)) <= step]
-    with open(path) as f:
-        clean = f.read().endswith("\n") or os.path.getsize(path) == 0
     if len(kept) == len(entries) and clean:
         return 0
     tmp = path + ".tmp"

@@ -23,7 +23,6 @@ picture of the predictions on the first validation images to
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -117,11 +116,10 @@ def _resumed_settings(workdir: str) -> Settings | None:
     """The settings of the run in ``workdir`` when it holds checkpoints to resume (None
     for a new run)."""
     ckpt_dir = os.path.join(workdir, "checkpoints")
-    config_path = os.path.join(workdir, "config.json")
-    if not (os.path.isdir(ckpt_dir) and any(n.isdigit() for n in os.listdir(ckpt_dir)) and os.path.isfile(config_path)):
+    if not (os.path.isdir(ckpt_dir) and any(n.isdigit() for n in os.listdir(ckpt_dir))
+            and os.path.isfile(os.path.join(workdir, "config.json"))):
         return None
-    with open(config_path) as f:
-        return Settings.from_config(ml_collections.ConfigDict(json.load(f)))
+    return restore.load_run_settings(workdir)
 
 
 def _check_resume(workdir: str, previous: Settings, settings: Settings, allow: bool) -> dict[str, Any]:
@@ -158,15 +156,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     settings.check_paths()
     workdir = os.path.abspath(workdir)
     previous = _resumed_settings(workdir)
-    if settings.model.normalization == "auto" and (previous is not None or settings.run.init_from):
-        # The convention the weights expect, recorded in config.json for eval and predict:
-        # the resumed run's, else the one the pretrained checkpoint records.
+    # The input convention the weights expect, recorded in config.json for eval and predict:
+    # a resumed run's own, else the one a pretrained checkpoint records (a contradiction
+    # with the config is an error there).
+    normalization = settings.model.normalization
+    if previous is not None:
+        if normalization == "auto":
+            normalization = previous.model.normalization
+    elif settings.run.init_from:
+        normalization = builders.init_from_normalization(settings.model, settings.run.init_from)
+    if normalization != settings.model.normalization:
         config = config.copy_and_resolve_references()
-        config.model.normalization = (previous.model.normalization if previous is not None
-                                      else builders.init_from_normalization(settings.model, settings.run.init_from))
+        config.model.normalization = normalization
         settings = Settings.from_config(config)
-    elif settings.run.init_from and previous is None:
-        builders.init_from_normalization(settings.model, settings.run.init_from)  # a contradiction is an error
     changes = {} if previous is None else _check_resume(workdir, previous, settings, allow_config_change)
     run = settings.run
     os.makedirs(workdir, exist_ok=True)
@@ -195,7 +197,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
     evaluates = bool(run.eval_every or run.eval_at_end)
     # Only evaluations of the whole eval split rank checkpoints (as launch.py eval --best).
-    complete_evals = not run.eval_max_images or run.eval_max_images >= len(eval_src)
+    complete_evals = eval_loop.covers_split(len(eval_src), run.eval_max_images)
     if run.keep_best and evaluates and not complete_evals:
         logger.warning("keep_best is off: evaluations cover %d of the %d eval images (eval_max_images), "
                        "too few to rank checkpoints; the latest %d are kept", run.eval_max_images,

@@ -14,6 +14,7 @@ again (each ``train_and_evaluate`` call jits its own step) is then read back ins
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -119,7 +120,7 @@ def tiny_config(builtin_cache):
 def tiny_config_file(tiny_config, tmp_path):
     """``tiny_config_file(**changes)``: :func:`tiny_config` written as JSON, for a script
     in a subprocess (``ml_collections.ConfigDict(json.load(f))``); returns the path."""
-    count = iter(range(1_000_000))
+    count = itertools.count()
 
     def write(**changes):
         path = tmp_path / f"tiny_config_{next(count)}.json"

@@ -36,6 +36,7 @@ def main(argv: list[str]) -> int:
 
     from ssd_jax import builders, inference, restore, visualize
     from ssd_jax.data import transforms
+    from ssd_jax.data.records import labels_to_category_ids
 
     run = restore.restore_run(args.workdir, args.step, with_eval_source=False)  # the dataset need not be here
     size = run.model.spec.image_size
@@ -56,7 +57,7 @@ def main(argv: list[str]) -> int:
         out = os.path.join(args.output, os.path.splitext(name)[0] + ".png")
         visualize.draw_detections(image, boxes, classes, scores, run.class_names,
                                   args.score_threshold).save(out)
-        category = np.asarray(run.category_ids, np.int64)[classes - 1] if run.category_ids else classes
+        category = labels_to_category_ids(classes, run.category_ids) if run.category_ids else classes
         for b, s, c in zip(boxes, scores, category):
             results.append({"image_id": name, "category_id": int(c), "score": round(float(s), 5),
                             "bbox": [round(float(v), 2) for v in (b[0], b[1], b[2] - b[0], b[3] - b[1])]})

@@ -95,10 +95,7 @@ class Source:
         """``[...]`` labels 1..C -> ``[...]`` the dataset's category ids (COCO results)."""
         if self.category_ids is None:
             raise ValueError(f"source {self.name!r} has no category ids (not a COCO source)")
-        labels = np.asarray(labels)
-        if labels.size and (labels.min() < 1 or labels.max() > self.num_classes):
-            raise ValueError(f"labels must be in 1..{self.num_classes}, got {labels}")
-        return np.asarray(self.category_ids, np.int64)[labels - 1]
+        return labels_to_category_ids(labels, self.category_ids)
 
     def category_id_to_label(self, category_ids: np.ndarray) -> np.ndarray:
         """``[...]`` the dataset's category ids -> ``[...]`` labels 1..C."""
@@ -129,6 +126,14 @@ def concat_sources(sources: Sequence[Source], name: str | None = None) -> Source
         name=name if name is not None else "+".join(s.name for s in sources),
         category_ids=first.category_ids,
     )
+
+
+def labels_to_category_ids(labels: np.ndarray, category_ids: Sequence[int]) -> np.ndarray:
+    """``[...]`` labels 1..C -> ``[...]`` the dataset's category ids (``category_ids[l - 1]``)."""
+    labels = np.asarray(labels)
+    if labels.size and (labels.min() < 1 or labels.max() > len(category_ids)):
+        raise ValueError(f"labels must be in 1..{len(category_ids)}, got {labels}")
+    return np.asarray(category_ids, np.int64)[labels - 1]
 
 
 def check_boxes(

@@ -132,6 +132,12 @@ def evaluate_batches(
     return {**evaluator.compute(), "failed_images": float(len(failed))}, rate
 
 
+def covers_split(num_images: int, max_images: int) -> bool:
+    """Whether an evaluation of the first ``max_images`` (0: all) of a split of
+    ``num_images`` images covers the whole split."""
+    return not max_images or max_images >= num_images
+
+
 def _without_detections(detections: Any, rows: np.ndarray) -> Any:
     """``detections`` (a :class:`~ssd_jax.postprocess.Detections` or a mapping with
     ``valid [B,K]``) with every entry of the ``rows [B]`` marked not valid."""
@@ -170,7 +176,7 @@ def evaluate(
     from ssd_jax import parallel
     from ssd_jax.data import pipeline
 
-    complete = not max_images or max_images >= len(source)
+    complete = covers_split(len(source), max_images)
     if max_images:
         source = dataclasses.replace(source, records=tuple(source.records[:max_images]))
     count = jax.process_count()
