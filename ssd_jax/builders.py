@@ -13,7 +13,8 @@ import logging
 import jax.numpy as jnp
 from flax import nnx
 
-from ssd_jax.data import pipeline, transforms
+from ssd_jax import normalization
+from ssd_jax.data import pipeline
 from ssd_jax.data.config import DataConfig
 from ssd_jax.data.records import Source
 from ssd_jax.evaluation.loop import EvalConfig
@@ -45,7 +46,7 @@ def build_model(model: ModelConfig, num_classes: int, rngs: nnx.Rngs) -> nnx.Mod
 
 
 def normalization_name(model: ModelConfig) -> str:
-    """The input convention (:mod:`ssd_jax.models.preprocessing`) that ``model`` trains and
+    """The input convention (:mod:`ssd_jax.normalization`) that ``model`` trains and
     predicts with: ``model.normalization``, or for ``auto`` the network's own
     (``torchvision`` for the test network)."""
     from ssd_jax.models import factory
@@ -65,14 +66,14 @@ def init_from_normalization(model: ModelConfig, init_from: str) -> str:
     convention set in the config that contradicts it is an error. A checkpoint that
     records none leaves the config's choice.
     """
-    from ssd_jax.models import params_io, preprocessing
+    from ssd_jax.models import params_io
 
     recorded = params_io.load_converted_meta(init_from).get("normalization")
     if recorded is None:
         return normalization_name(model)
-    if recorded not in preprocessing.CONVENTIONS:
+    if recorded not in normalization.CONVENTIONS:
         raise ValueError(f"init_from {init_from}: meta.json records normalization {recorded!r}, "
-                         f"not one of {sorted(preprocessing.CONVENTIONS)}")
+                         f"not one of {sorted(normalization.CONVENTIONS)}")
     if model.normalization == "auto":
         own = normalization_name(model)
         if own != recorded:
@@ -86,13 +87,9 @@ def init_from_normalization(model: ModelConfig, init_from: str) -> str:
     return recorded
 
 
-def input_normalization(model: ModelConfig) -> transforms.Normalization:
-    """The pipeline normalisation (0-255 pixels) of :func:`normalization_name` (RGB, see
-    :mod:`ssd_jax.models.preprocessing`)."""
-    from ssd_jax.models import preprocessing
-
-    conv = preprocessing.get_normalization(normalization_name(model))
-    return transforms.Normalization(mean=tuple(255.0 * v for v in conv.mean), std=tuple(255.0 * v for v in conv.std), bgr=False)
+def input_normalization(model: ModelConfig) -> normalization.Normalization:
+    """The input convention of :func:`normalization_name`."""
+    return normalization.get(normalization_name(model))
 
 
 def build_sources(data: DataConfig) -> tuple[Source, Source]:

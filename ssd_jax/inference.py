@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ssd_jax import anchors, postprocess
+from ssd_jax import boxes as box_ops
 
 PredictFn = Callable[[Any, Any, jax.Array], postprocess.Detections]
 
@@ -27,12 +28,13 @@ def make_predict_fn(
     nms_iou: float = 0.45,
     candidates_per_class: int = 400,
     max_detections: int = 200,
-    variances: tuple[float, float] = (0.1, 0.2),
+    variances: tuple[float, float] = box_ops.DEFAULT_VARIANCES,
 ) -> PredictFn:
     """Jitted ``predict(params, model_state, images) -> Detections`` (inference mode).
 
     Defaults are the paper's / torchvision's: score 0.01, NMS IoU 0.45, 200 detections;
-    ``variances`` must be the box coder's that the network was trained with.
+    ``variances`` must be the box coder's that the network was trained with (a run's
+    ``loss.variances``: :func:`ssd_jax.builders.build_predict_fn` passes them).
     """
     from ssd_jax.models import ssd  # models pull in flax; keep this module light to import
 

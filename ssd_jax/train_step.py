@@ -29,6 +29,7 @@ import optax
 from clu import metrics as clu_metrics
 from flax import nnx
 
+from ssd_jax import boxes as box_ops
 from ssd_jax import losses, matching
 from ssd_jax.models import ssd as ssd_lib
 from ssd_jax.schema import Section
@@ -195,13 +196,14 @@ class LossConfig(Section):
       iou_threshold: a prior matches a truth box at this IoU or above (besides each box's best prior).
       neg_pos_ratio: hard negatives kept per positive.
       alpha: weight of the localisation loss.
-      variances: the box coder's ``(centre, size)`` variances.
+      variances: the box coder's ``(centre, size)`` variances; evaluation and predict
+        decode with the same ones.
     """
 
     iou_threshold: float = 0.5
     neg_pos_ratio: float = 3.0
     alpha: float = 1.0
-    variances: tuple[float, float] = (0.1, 0.2)
+    variances: tuple[float, float] = box_ops.DEFAULT_VARIANCES
 
     def __post_init__(self):
         if not 0.0 < self.iou_threshold <= 1.0:

@@ -35,13 +35,8 @@ import numpy as np
 
 from ssd_jax.data.images import ImageLoadError, load_image
 from ssd_jax.data.records import Record, Source
-from ssd_jax.data.transforms import (
-    TORCHVISION_NORM,
-    AugmentConfig,
-    Normalization,
-    resize,
-    ssd_augment,
-)
+from ssd_jax.data.transforms import AugmentConfig, resize, ssd_augment
+from ssd_jax.normalization import TORCHVISION, Normalization
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +68,7 @@ class PipelineConfig:
     worker_buffer_size: int = 16
     read_threads: int = 1
     use_difficult: bool = False
-    normalization: Normalization = TORCHVISION_NORM
+    normalization: Normalization = TORCHVISION
     augment: AugmentConfig | None = AugmentConfig()
     strict: bool = False
     num_epochs: int | None = None
@@ -165,7 +160,7 @@ class _TrainLoader:
         boxes, labels = record.boxes[keep], record.labels[keep]
         if c.augment is not None:
             image, boxes, labels = ssd_augment(
-                image, boxes, labels, rng, c.augment, fill=c.normalization.mean_rgb
+                image, boxes, labels, rng, c.augment, fill=c.normalization.mean_pixel
             )
         image, boxes, labels = resize(image, boxes, labels, size=c.image_size)
         boxes, labels, dropped = pad_objects(boxes / np.float32(c.image_size), labels, c.max_boxes)

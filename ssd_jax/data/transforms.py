@@ -1,4 +1,4 @@
-"""SSD training augmentation and input normalisation, in numpy.
+"""SSD training augmentation, in numpy.
 
 Every op is a pure function ``op(image, boxes, labels, rng, ...) -> (image, boxes, labels)``:
 
@@ -40,58 +40,13 @@ from typing import Sequence
 
 import numpy as np
 
+from ssd_jax import normalization
 from ssd_jax.schema import Section
 
 Arrays = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 #: The crop choices of the SSD paper: ``None`` = keep the whole image.
 SSD_MIN_IOUS: tuple[float | None, ...] = (None, 0.1, 0.3, 0.5, 0.7, 0.9)
-
-
-# ---------------------------------------------------------------------------- normalisation
-
-
-@dataclasses.dataclass(frozen=True)
-class Normalization:
-    """Per-channel ``(x - mean) / std`` of a pretrained backbone's input convention.
-
-    ``mean`` and ``std`` are in the channel order the network sees: RGB, or BGR when
-    ``bgr`` is set (Caffe models).
-    """
-
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    bgr: bool = False
-
-    @property
-    def mean_rgb(self) -> tuple[float, float, float]:
-        """The mean in RGB order: the colour that normalises to 0 (zoom-out fill)."""
-        return tuple(self.mean[::-1]) if self.bgr else tuple(self.mean)
-
-    def __call__(self, image: np.ndarray) -> np.ndarray:
-        return normalize(image, self.mean, self.std, bgr=self.bgr)
-
-
-#: torchvision's ImageNet convention: RGB, mean (0.485, 0.456, 0.406) * 255,
-#: std (0.229, 0.224, 0.225) * 255.
-TORCHVISION_NORM = Normalization(
-    mean=(0.485 * 255, 0.456 * 255, 0.406 * 255), std=(0.229 * 255, 0.224 * 255, 0.225 * 255)
-)
-#: Caffe VGG16 (the original SSD weights): BGR, mean (104, 117, 123), std 1.
-CAFFE_VGG_NORM = Normalization(mean=(104.0, 117.0, 123.0), std=(1.0, 1.0, 1.0), bgr=True)
-
-
-def normalize(
-    image: np.ndarray, mean: Sequence[float], std: Sequence[float], *, bgr: bool = False
-) -> np.ndarray:
-    """``[..., 3]`` RGB image (uint8 or float, 0..255) -> float32 ``(x - mean) / std``.
-
-    With ``bgr`` the channels are reversed to BGR first, and ``mean``/``std`` are BGR.
-    """
-    x = np.asarray(image, np.float32)
-    if bgr:
-        x = x[..., ::-1]
-    return (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
 
 
 # ---------------------------------------------------------------------------- box helpers
@@ -211,7 +166,7 @@ def expand(
     labels: np.ndarray,
     rng: np.random.Generator,
     *,
-    fill: Sequence[float] = TORCHVISION_NORM.mean_rgb,
+    fill: Sequence[float] = normalization.TORCHVISION.mean_pixel,
     max_ratio: float = 4.0,
     p: float = 0.5,
 ) -> Arrays:
@@ -363,11 +318,11 @@ def resize(
     return image, b, labels
 
 
-def network_input(image: np.ndarray, size: int, normalization: "Normalization") -> np.ndarray:
+def network_input(image: np.ndarray, size: int, norm: normalization.Normalization) -> np.ndarray:
     """``[H, W, 3]`` uint8 RGB -> ``[size, size, 3]`` float32 network input: the eval
     transform (resize, normalise) for an image without annotations."""
     resized, _, _ = resize(image, np.zeros((0, 4), np.float32), np.zeros((0,), np.int32), size=size)
-    return normalization(resized)
+    return norm(resized)
 
 
 # ---------------------------------------------------------------------------- composition
@@ -441,7 +396,7 @@ def ssd_augment(
     rng: np.random.Generator,
     config: AugmentConfig = AugmentConfig(),
     *,
-    fill: Sequence[float] = TORCHVISION_NORM.mean_rgb,
+    fill: Sequence[float] = normalization.TORCHVISION.mean_pixel,
 ) -> Arrays:
     """The SSD training augmentation (before resize): photometric -> expand -> crop -> flip."""
     c = config

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 
+from ssd_jax import normalization
 from ssd_jax.schema import Section
 
 #: The test network of :mod:`ssd_jax.models.tiny` (smoke tests, CI).
 TINY_NAME = "tiny_cnn"
 
-#: The values of ``model.normalization`` (``auto`` and the conventions of ``preprocessing``).
-NORMALIZATIONS = ("auto", "torchvision", "caffe_vgg")
+#: The values of ``model.normalization`` (``auto`` and the conventions of :mod:`ssd_jax.normalization`).
+NORMALIZATIONS = ("auto", *normalization.CONVENTIONS)
 
 _ALL_NAMES = ("ssd300_vgg16", "ssd512_vgg16", "ssdlite_mobilenetv2", "ssdlite_mobilenetv3", "ssd_compact", TINY_NAME)
 
@@ -34,7 +35,7 @@ class ModelConfig(Section):
         (matmuls everywhere) or ``xla``.
       cpu_kernels: the C++ depthwise-gradient kernels on the CPU: ``auto`` (used when they
         build, else a warning and pure JAX), ``on`` (a failed build is an error) or ``off``.
-      normalization: the input convention of :mod:`ssd_jax.models.preprocessing`
+      normalization: the input convention of :mod:`ssd_jax.normalization`
         (``torchvision`` or ``caffe_vgg``), or ``auto``: the one a converted checkpoint
         given as ``init_from`` records, else the network's own
         (:func:`ssd_jax.models.default_normalization`). A run records the convention it

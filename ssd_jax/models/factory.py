@@ -60,7 +60,7 @@ _DEFAULT_NORMALIZATION = {"ssd300_vgg16": "caffe_vgg", "ssd512_vgg16": "caffe_vg
 
 
 def default_normalization(name: str) -> str:
-    """The input normalisation convention (see ``preprocessing``) a model's weights expect."""
+    """The input normalisation convention (see :mod:`ssd_jax.normalization`) a model's weights expect."""
     _extractor_factory(name, 1.0, "NHWC")  # validates the name
     return _DEFAULT_NORMALIZATION[name]
 

@@ -7,7 +7,7 @@ stack with :mod:`ssd_jax.receptive_field`) differ from ``spec.feature_sizes``. S
 number and order of predictions always equal the priors'.
 
 Input: an already-normalised ``[B, H, W, 3]`` float array (NHWC, see
-:mod:`ssd_jax.models.preprocessing`), H = W = ``spec.image_size``. Output: ``(class_logits
+:mod:`ssd_jax.normalization`), H = W = ``spec.image_size``. Output: ``(class_logits
 [B, P, C+1] float32, box_offsets [B, P, 4] float32)``, predictions ordered as the priors
 (map, row-major cell, box). Parameters are float32; ``compute_dtype`` (float32 or
 bfloat16) is what the convolutions run in.

@@ -219,16 +219,3 @@ def test_resize_scales_boxes():
     out_i, out_b, _ = T.resize(image, np.array([[10, 5, 40, 20]], np.float32), np.array([1]), size=10)
     assert out_i.shape == (10, 10, 3)
     np.testing.assert_allclose(out_b, [[2.5, 2.5, 10, 10]])
-
-
-def test_normalize_presets():
-    pixel = np.array([[[123.675, 116.28, 103.53]]], np.float32)
-    np.testing.assert_allclose(T.TORCHVISION_NORM(pixel), 0, atol=1e-5)
-    np.testing.assert_allclose(T.normalize(np.full((1, 1, 3), 255.0), T.TORCHVISION_NORM.mean, T.TORCHVISION_NORM.std),
-                               [[[(1 - 0.485) / 0.229, (1 - 0.456) / 0.224, (1 - 0.406) / 0.225]]], rtol=1e-5)
-    # Caffe VGG: RGB (123, 117, 104) is the BGR mean (104, 117, 123) -> zeros; output is BGR
-    np.testing.assert_allclose(T.CAFFE_VGG_NORM(np.array([[[123, 117, 104]]], np.uint8)), 0)
-    out = T.CAFFE_VGG_NORM(np.array([[[200, 117, 104]]], np.uint8))
-    np.testing.assert_allclose(out, [[[0, 0, 77]]])
-    assert T.CAFFE_VGG_NORM.mean_rgb == (123.0, 117.0, 104.0)
-    assert T.normalize(np.zeros((2, 2, 3), np.uint8), (0, 0, 0), (1, 1, 1)).dtype == np.float32

@@ -115,6 +115,7 @@ def test_network_input_is_the_eval_loader(tmp_path, make_coco):
     image the eval pipeline gives it for the same file."""
     from PIL import Image
 
+    from ssd_jax import normalization
     from ssd_jax.data import transforms
     from ssd_jax.data.coco import coco_source
     from ssd_jax.data.pipeline import PipelineConfig, eval_dataset
@@ -123,10 +124,37 @@ def test_network_input_is_the_eval_loader(tmp_path, make_coco):
             "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [3, 4, 20, 10], "iscrowd": 0}],
             "categories": [{"id": 1, "name": "x"}]}
     source = coco_source(*make_coco(str(tmp_path), data))
-    for norm in (transforms.TORCHVISION_NORM, transforms.CAFFE_VGG_NORM):
+    for norm in (normalization.TORCHVISION, normalization.CAFFE_VGG):
         cfg = PipelineConfig(image_size=32, batch_size=1, normalization=norm, augment=None)
         (batch,) = list(eval_dataset(source, cfg, process_index=0, process_count=1))
         image = np.asarray(Image.open(source.records[0].image_path).convert("RGB"))  # as predict reads it
         x = transforms.network_input(image, 32, norm)
         assert x.shape == (32, 32, 3) and x.dtype == np.float32
         np.testing.assert_array_equal(x, batch["image"][0])
+
+
+def test_predict_decodes_with_the_runs_loss_variances(tiny_config, fixed_batch):
+    """Training encodes with ``loss.variances``; the predict function that eval and
+    predict build from the same settings decodes with them, not with the defaults."""
+    from flax import nnx
+
+    from ssd_jax import anchors, builders
+    from ssd_jax.config import Settings
+    from ssd_jax.models import ssd
+
+    settings = Settings.from_config(tiny_config(**{"loss.variances": (0.05, 0.3)}))
+    model = builders.build_model(settings.model, 3, nnx.Rngs(0))
+    graphdef, params, state = ssd.split(model)
+    spec = model.spec
+    x = fixed_batch(batch_size=2)["image"]
+    got = builders.build_predict_fn(graphdef, spec, settings)(params, state, x)
+    (logits, offsets), _ = ssd.apply(graphdef, params, state, x, train=False)
+    priors = jnp.asarray(anchors.generate(spec))
+    kw = dict(score_threshold=settings.eval.score_threshold, nms_iou=settings.eval.nms_iou,
+              candidates_per_class=settings.eval.candidates_per_class, max_detections=settings.eval.max_detections)
+    want = postprocess.detect(logits, offsets, priors, variances=(0.05, 0.3), **kw)
+    default = postprocess.detect(logits, offsets, priors, **kw)
+    np.testing.assert_array_equal(np.asarray(got.valid), np.asarray(want.valid))
+    np.testing.assert_allclose(np.asarray(got.boxes), np.asarray(want.boxes), atol=1e-6)
+    assert np.asarray(want.valid).any()
+    assert not np.allclose(np.asarray(got.boxes), np.asarray(default.boxes), atol=1e-3)

@@ -15,7 +15,7 @@ import pytest
 from flax import nnx
 
 from ssd_jax import anchors, models, xla_flags
-from ssd_jax.models import heads, layers, mobilenet, mobilenet_v3, params_io, preprocessing
+from ssd_jax.models import heads, layers, mobilenet, mobilenet_v3, params_io
 from ssd_jax.receptive_field import receptive_fields
 
 
@@ -494,19 +494,7 @@ def test_block_max_pool_ties_share_the_gradient():
     assert float(g_ref.sum()) == float(g.sum()) == 1.0 and int((g_ref > 0).sum()) == 1
 
 
-# --- preprocessing and checkpoint io ------------------------------------------------------
-
-
-def test_normalize_conventions():
-    px = np.array([[[[255, 0, 128]]]], np.uint8)
-    tv = np.asarray(preprocessing.normalize(px, "torchvision"))
-    np.testing.assert_allclose(tv[0, 0, 0], [(1 - 0.485) / 0.229, (0 - 0.456) / 0.224, (128 / 255 - 0.406) / 0.225], rtol=1e-5)
-    caffe = preprocessing.normalize(px, preprocessing.CAFFE_VGG, xp=np)
-    np.testing.assert_allclose(caffe[0, 0, 0], [255 - 123.0, 0 - 117.0, 128 - 104.0], atol=0.01)
-    np.testing.assert_array_equal(preprocessing.denormalize(tv, "torchvision"), px)
-    assert models.default_normalization("ssd300_vgg16") == "caffe_vgg"
-    with pytest.raises(ValueError, match="unknown normalisation"):
-        preprocessing.normalize(px, "imagenet")
+# --- checkpoint io ------------------------------------------------------
 
 
 @SHARED_LIGHT_MODELS

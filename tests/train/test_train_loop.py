@@ -421,7 +421,7 @@ def test_init_from_uses_the_normalization_its_weights_expect(tiny_config, tmp_pa
     torchvision-vgg16``: ``torchvision``); a run started from it trains, evaluates and
     predicts with that convention, and a config that names another one is an error."""
     from ssd_jax import restore
-    from ssd_jax.models import preprocessing
+    from ssd_jax import normalization
 
     config = tiny_config(num_steps=1, checkpoint_every=1)
     donor = builders.build_model(Settings.from_config(config).model, 10, nnx.Rngs(0))
@@ -433,9 +433,9 @@ def test_init_from_uses_the_normalization_its_weights_expect(tiny_config, tmp_pa
     training_loop.train_and_evaluate(config, str(tmp_path / "run"))
     run_settings = restore.load_run_settings(str(tmp_path / "run"))
     assert run_settings.model.normalization == "caffe_vgg"  # recorded in config.json
-    caffe = tuple(255.0 * v for v in preprocessing.CAFFE_VGG.mean)
-    assert builders.input_normalization(run_settings.model).mean == pytest.approx(caffe)
-    assert builders.train_pipeline_config(run_settings, 32, 4).normalization.mean == pytest.approx(caffe)
+    caffe = normalization.CAFFE_VGG.mean_pixel
+    assert builders.input_normalization(run_settings.model) == normalization.CAFFE_VGG
+    assert builders.train_pipeline_config(run_settings, 32, 4).normalization.mean_pixel == pytest.approx(caffe)
     assert config.model.normalization == "auto"  # the caller's config is left as it was
 
     config.model.normalization = "torchvision"
@@ -447,7 +447,7 @@ def test_init_from_normalization_of_a_converted_vgg16(tmp_path):
     """``ssd300_vgg16`` alone means Caffe inputs (0-255 minus the mean); the torchvision
     VGG16 backbone that ``convert --from torchvision-vgg16`` writes expects torchvision's
     (0-1, ImageNet mean and std): started from it, the run takes the backbone's."""
-    from ssd_jax.models import preprocessing
+    from ssd_jax import normalization
     from ssd_jax.models.config import ModelConfig
 
     backbone = {"extractor/conv1_1/kernel": np.zeros((3, 3, 3, 64), np.float32)}
@@ -457,9 +457,7 @@ def test_init_from_normalization_of_a_converted_vgg16(tmp_path):
     assert builders.normalization_name(model) == "caffe_vgg"
     assert builders.init_from_normalization(model, str(tmp_path)) == "torchvision"
     chosen = ModelConfig(name="ssd300_vgg16", image_size=300, normalization="torchvision")
-    norm = builders.input_normalization(chosen)
-    np.testing.assert_allclose(norm.mean, [255 * v for v in preprocessing.TORCHVISION.mean])
-    np.testing.assert_allclose(norm.std, [255 * v for v in preprocessing.TORCHVISION.std])
+    assert builders.input_normalization(chosen) == normalization.TORCHVISION
     with pytest.raises(ValueError, match="contradicts"):
         builders.init_from_normalization(ModelConfig(name="ssd300_vgg16", normalization="caffe_vgg"), str(tmp_path))
     with pytest.raises(ValueError, match="model.normalization must be one of"):
