@@ -42,15 +42,37 @@ def wants_distributed(environ: Mapping[str, str] | None = None) -> bool:
     return bool(environ.get("JAX_COORDINATOR_ADDRESS")) or environ.get(DISTRIBUTED_ENV, "").lower() in ("1", "true", "yes")
 
 
+def distributed_arguments(environ: Mapping[str, str] | None = None) -> dict[str, int | str]:
+    """The arguments of ``jax.distributed.initialize`` that the environment sets:
+    ``coordinator_address`` (``JAX_COORDINATOR_ADDRESS``), ``num_processes``
+    (``JAX_NUM_PROCESSES``) and ``process_id`` (``JAX_PROCESS_ID``). JAX itself reads only
+    the first; the ones left out are detected from the cluster (SLURM, TPU pods)."""
+    environ = os.environ if environ is None else environ
+    kwargs: dict[str, int | str] = {}
+    if environ.get("JAX_COORDINATOR_ADDRESS"):
+        kwargs["coordinator_address"] = environ["JAX_COORDINATOR_ADDRESS"]
+    for name, key in (("JAX_NUM_PROCESSES", "num_processes"), ("JAX_PROCESS_ID", "process_id")):
+        value = environ.get(name, "")
+        if value:
+            try:
+                kwargs[key] = int(value)
+            except ValueError:
+                raise ValueError(f"{name} must be an integer, got {value!r}") from None
+    if "num_processes" in kwargs and kwargs["num_processes"] < 1:
+        raise ValueError(f"JAX_NUM_PROCESSES must be >= 1, got {kwargs['num_processes']}")
+    if "process_id" in kwargs and not 0 <= kwargs["process_id"] < kwargs.get("num_processes", kwargs["process_id"] + 1):
+        raise ValueError(f"JAX_PROCESS_ID must be in [0, JAX_NUM_PROCESSES), got {kwargs['process_id']}")
+    return kwargs
+
+
 def maybe_initialize_distributed(environ: Mapping[str, str] | None = None) -> bool:
-    """``jax.distributed.initialize()`` if the environment names a coordinator (or asks for
-    cluster detection); True if called. ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID`` are
-    read by JAX itself."""
+    """``jax.distributed.initialize(**distributed_arguments())`` if the environment names a
+    coordinator (or asks for cluster detection); True if called."""
     if not wants_distributed(environ):
         return False
     import jax
 
-    jax.distributed.initialize()
+    jax.distributed.initialize(**distributed_arguments(environ))
     return True
 
 

@@ -7,6 +7,10 @@ mAP the run's log or earlier evals recorded) checkpoint onto this process's devi
 network + ``detect`` over the eval split, prints mAP and per-class AP, and writes
 ``DIR/eval/step_<N>.json`` (metrics, images/s) and ``DIR/eval/step_<N>_pr.png``
 (per-class precision/recall curves).
+
+On several hosts (``jax.distributed``, see the README's environment variables) every host
+runs this command: each reads and predicts its shard of the split, the detections are
+gathered, and process 0 prints the report and writes the files.
 """
 
 from __future__ import annotations
@@ -43,17 +47,20 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--batch-size", type=int, default=0, help="default: the run's global batch size")
     args = parser.parse_args(argv)
 
+    import jax
     from tqdm import tqdm
 
     from ssd_jax import builders, restore
     from ssd_jax.evaluation import loop as eval_loop
     from ssd_jax.evaluation import plots
 
+    lead = jax.process_index() == 0  # the host that reports and writes
     step = args.step
     if args.best:
         settings = restore.load_run_settings(args.workdir)
         step, score = restore.best_step(args.workdir, settings.eval.best_key, settings.eval.metric)
-        print(f"best kept checkpoint: step {step} (recorded {settings.eval.best_key} {score:.4f})")
+        if lead:
+            print(f"best kept checkpoint: step {step} (recorded {settings.eval.best_key} {score:.4f})")
     run = restore.restore_run(args.workdir, step)
     config, settings, source = run.config, run.settings, run.eval_source
     metric = args.metric or settings.eval.metric
@@ -64,12 +71,16 @@ def main(argv: list[str]) -> int:
     batch = -(-batch // devices) * devices  # a multiple of the device count
     pcfg = builders.eval_pipeline_config(settings, run.model.spec.image_size, batch)
     total = min(len(source), args.max_images) if args.max_images else len(source)
-    bar = tqdm(total=total, desc=f"eval step {run.step}", unit="img", dynamic_ncols=True)
+    bar = tqdm(total=total, desc=f"eval step {run.step}", unit="img", dynamic_ncols=True, disable=not lead)
     metrics, rate = eval_loop.evaluate(predict, run.params, run.model_state, source, pcfg, run.mesh, evaluator,
                                        max_images=args.max_images, progress=lambda done: bar.update(done - bar.n))
     bar.close()
+    if not lead:
+        print(f"process {jax.process_index()} of {jax.process_count()}: evaluated its shard; process 0 reports")
+        return 0
     print(f"{config.name}: {run.model.name}, checkpoint step {run.step}, {total} images of "
-          f"{source.name or 'the eval split'}, {metric} metric, {devices} device(s), "
+          f"{source.name or 'the eval split'}, {metric} metric, {devices} device(s) on "
+          f"{jax.process_count()} process(es), "
           f"{rate:.2f} images/s")
     print(format_metrics(metrics))
     out_dir = os.path.join(os.path.abspath(args.workdir), "eval")
@@ -77,7 +88,7 @@ def main(argv: list[str]) -> int:
     json_path = os.path.join(out_dir, f"step_{run.step}.json")
     with open(json_path, "w") as f:
         json.dump({"step": run.step, "metric": metric, "num_images": total, "complete": bool(metrics["complete"]),
-                   "devices": devices,
+                   "devices": devices, "processes": jax.process_count(),
                    "images_per_sec": rate, "metrics": metrics}, f, indent=1)
     ap = {k[3:]: v for k, v in metrics.items() if k.startswith("AP/")}
     png = plots.plot_precision_recall(evaluator.precision_recall(),

@@ -1,5 +1,6 @@
 """``launch.py eval``, ``predict`` and a refused ``train`` resume on a tiny training run,
-including a checkpoint saved on 1 device evaluated on 8 simulated CPU devices."""
+including a checkpoint saved on 1 device evaluated on 8 simulated CPU devices and by two
+``jax.distributed`` processes."""
 
 import glob
 import json
@@ -12,8 +13,43 @@ from ssd_jax import restore
 from ssd_jax.cli import main
 
 
+def _assert_same_metrics(got, want):
+    assert set(got) == set(want)
+    for key, value in want.items():
+        assert abs(got[key] - value) < 1e-6 or (value != value and got[key] != got[key]), key
+
+
+def _two_hosts_launch(args, timeout=240):
+    """``launch.py *args`` as two ``jax.distributed`` CPU processes (one device each),
+    coordinated through the environment as on a cluster; their stdouts."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as sock:
+        sock.bind(("localhost", 0))
+        port = sock.getsockname()[1]
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    procs = []
+    for pid in range(2):
+        env = {**os.environ, "PYTHONPATH": root, "JAX_PLATFORMS": "cpu", "JAX_COORDINATOR_ADDRESS": f"localhost:{port}",
+               "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(pid)}
+        env.pop("XLA_FLAGS", None)
+        procs.append(subprocess.Popen([sys.executable, "launch.py", *args], cwd=root, env=env, text=True,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    try:
+        outs = [p.communicate(timeout=timeout) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    return [out for out, _ in outs]
+
+
 @pytest.mark.xdist_group("launched_run")
-def test_eval_on_1_and_8_devices_and_predict(tmp_path, launched_run, run_python):
+def test_eval_on_1_and_8_devices_and_2_hosts_and_predict(tmp_path, launched_run, run_python):
     workdir, cache = tmp_path / "run", launched_run[1]
     shutil.copytree(launched_run[0], workdir)
 
@@ -32,8 +68,16 @@ def test_eval_on_1_and_8_devices_and_predict(tmp_path, launched_run, run_python)
     assert proc.returncode == 0, proc.stderr[-3000:]
     eight = json.loads((workdir / "eval" / "step_4.json").read_text())
     assert eight["devices"] == 8
-    for key, value in one["metrics"].items():
-        assert abs(eight["metrics"][key] - value) < 1e-6 or (value != value and eight["metrics"][key] != eight["metrics"][key]), key
+    _assert_same_metrics(eight["metrics"], one["metrics"])
+
+    # Two hosts: each evaluates its shard, process 0 alone reports and writes the files.
+    os.remove(workdir / "eval" / "step_4.json")
+    outs = _two_hosts_launch(["eval", f"--workdir={workdir}", "--step=4"])
+    assert "checkpoint step 4" in outs[0] and "2 device(s) on 2 process(es)" in outs[0] and "mAP" in outs[0]
+    assert "process 1 of 2: evaluated its shard" in outs[1] and "mAP" not in outs[1]
+    hosts = json.loads((workdir / "eval" / "step_4.json").read_text())
+    assert hosts["devices"] == 2 and hosts["processes"] == 2 and hosts["num_images"] == one["num_images"]
+    _assert_same_metrics(hosts["metrics"], one["metrics"])
 
     # --best: step 4 was evaluated by the training log and above; an earlier eval of step 2
     # (written here, with a known score) ties it (the later step wins), does not count when

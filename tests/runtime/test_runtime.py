@@ -19,6 +19,21 @@ def test_cache_dir_and_distributed_switch():
     assert not runtime.maybe_initialize_distributed({})
 
 
+def test_distributed_arguments_from_the_environment():
+    """JAX reads only the coordinator's address; the process count and index are passed."""
+    import pytest
+
+    env = {"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234", "JAX_NUM_PROCESSES": "4", "JAX_PROCESS_ID": "3"}
+    assert runtime.distributed_arguments(env) == {"coordinator_address": "10.0.0.1:1234", "num_processes": 4,
+                                                  "process_id": 3}
+    assert runtime.distributed_arguments({"SSD_JAX_DISTRIBUTED": "1"}) == {}  # all detected from the cluster
+    for bad, message in (({"JAX_NUM_PROCESSES": "two"}, "JAX_NUM_PROCESSES must be an integer, got 'two'"),
+                         ({"JAX_NUM_PROCESSES": "0"}, "JAX_NUM_PROCESSES must be >= 1"),
+                         ({"JAX_PROCESS_ID": "4"}, r"JAX_PROCESS_ID must be in \[0, JAX_NUM_PROCESSES\), got 4")):
+        with pytest.raises(ValueError, match=message):
+            runtime.distributed_arguments({**env, **bad})
+
+
 _PROBE = """
 import os, sys
 from ssd_jax import runtime
