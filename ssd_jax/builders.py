@@ -92,29 +92,43 @@ def input_normalization(model: ModelConfig) -> normalization.Normalization:
     return normalization.get(normalization_name(model))
 
 
-def build_sources(data: DataConfig) -> tuple[Source, Source]:
-    """``(train_source, eval_source)`` of the ``data`` settings."""
+def build_source(data: DataConfig, split: str, *, errors: list[str] | None = None,
+                 check_images: bool = True) -> Source:
+    """The ``train`` or ``eval`` source of the ``data`` settings.
+
+    ``errors``: a list to collect the problems of single records and annotations into
+    (each naming its file), skipping those records, instead of raising at the first one
+    (``launch.py validate``). ``check_images=False`` leaves missing image files to be found
+    when they load.
+    """
+    if split not in ("train", "eval"):
+        raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
+    train = split == "train"
     if data.dataset == "builtin":
         from ssd_jax.data import builtin
 
         spec = builtin.BuiltinSpec(seed=0, num_train=data.builtin_num_train, num_val=data.builtin_num_val,
                                    min_side=data.builtin_min_side, max_side=data.builtin_max_side)
-        cache = data.cache_dir or None
-        return (builtin.builtin_source("train", spec, cache, progress=False),
-                builtin.builtin_source("val", spec, cache, progress=False))
+        return builtin.builtin_source("train" if train else "val", spec, data.cache_dir or None, progress=False)
     if data.dataset == "voc":
         from ssd_jax.data import voc
 
-        pairs = lambda splits: [tuple(s.split("/")) for s in splits]  # noqa: E731
-        return voc.voc_source(data.voc_root, pairs(data.voc_train)), voc.voc_source(data.voc_root, pairs(data.voc_test_splits))
+        pairs = [tuple(s.split("/")) for s in (data.voc_train if train else data.voc_test_splits)]
+        return voc.voc_source(data.voc_root, pairs, errors=errors, check_images=check_images)
     from ssd_jax.data import coco
 
     # Crowd regions are kept as "difficult": training leaves them out (unless
     # data.use_difficult), the COCO evaluator ignores detections on them.
     # Real COCO has a few degenerate boxes: dropped (counted) rather than fatal.
-    kw = dict(crowd="difficult", invalid_boxes="drop")
-    return (coco.coco_source(data.coco_train_json, data.coco_train_images, **kw),
-            coco.coco_source(data.coco_val_json, data.coco_val_images, **kw))
+    json_file, images = ((data.coco_train_json, data.coco_train_images) if train
+                         else (data.coco_val_json, data.coco_val_images))
+    return coco.coco_source(json_file, images, crowd="difficult", invalid_boxes="drop", errors=errors,
+                            check_images=check_images)
+
+
+def build_sources(data: DataConfig) -> tuple[Source, Source]:
+    """``(train_source, eval_source)`` of the ``data`` settings (see :func:`build_source`)."""
+    return build_source(data, "train"), build_source(data, "eval")
 
 
 def train_pipeline_config(settings, image_size: int, batch_size: int) -> pipeline.PipelineConfig:

@@ -130,7 +130,7 @@ def restore_run(workdir: str, step: int | None = None, *, with_eval_source: bool
     classes = None if with_eval_source else load_run_classes(workdir)
     eval_source = None
     if classes is None:
-        _, eval_source = builders.build_sources(settings.data)
+        eval_source = builders.build_source(settings.data, "eval")
         classes = eval_source.class_names, eval_source.category_ids
     model = builders.build_model(settings.model, len(classes[0]), nnx.Rngs(settings.run.seed))
     tx, _ = train_lib.make_optimizer(settings.optim)

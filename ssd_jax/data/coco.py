@@ -27,6 +27,7 @@ def coco_source(
     check_images: bool = True,
     keep_images_without_objects: bool = True,
     name: str | None = None,
+    errors: list[str] | None = None,
 ) -> Source:
     """Read a COCO detection JSON.
 
@@ -38,6 +39,9 @@ def coco_source(
       check_images: check every image file exists now rather than at load time.
       keep_images_without_objects: keep images that have no (non-crowd) object.
       name: label for logs; defaults to the file name.
+      errors: a list to collect the problems of single image entries and annotations into
+        (each message names the file) instead of raising at the first one; the entries
+        concerned are skipped. Problems of the file as a whole still raise.
 
     Returns:
       A :class:`Source` with one record per image in the JSON's ``images`` order;
@@ -65,40 +69,42 @@ def coco_source(
     class_names = tuple(str(c["name"]) for c in categories)
     label_of = {cid: i + 1 for i, cid in enumerate(category_ids)}
 
+    def problem(message: str) -> None:
+        if errors is None:
+            raise ValueError(f"{where}: {message}")
+        errors.append(f"{where}: {message}")
+
     images = {}
     for img in data["images"]:
-        if img.get("id") in images:
-            raise ValueError(f"{where}: duplicate image id {img.get('id')!r}")
-        for key in ("id", "file_name", "width", "height"):
-            if key not in img:
-                raise ValueError(f"{where}: image entry {img!r} has no {key!r}")
-        images[img["id"]] = img
+        missing = [key for key in ("id", "file_name", "width", "height") if key not in img]
+        if missing:
+            problem(f"image entry {img!r} has no {missing[0]!r}")
+        elif img["id"] in images:
+            problem(f"duplicate image id {img['id']!r}")
+        elif not all(_is_number(img[k]) and img[k] > 0 for k in ("width", "height")):
+            problem(f"image {img['id']!r} has size {img['width']!r}x{img['height']!r}, expected positive numbers")
+        else:
+            images[img["id"]] = img
     by_image = collections.defaultdict(list)
     annotation_ids = set()
     for ann in data["annotations"]:
         aid = ann.get("id")
         if aid in annotation_ids:  # pycocotools indexes annotations by id: a duplicate hides one
-            raise ValueError(f"{where}: duplicate annotation id {aid!r}")
-        annotation_ids.add(aid)
-        if ann.get("image_id") not in images:
-            raise ValueError(
-                f"{where}: annotation {aid} refers to unknown image id {ann.get('image_id')!r}"
-            )
-        if ann.get("category_id") not in label_of:
-            raise ValueError(
-                f"{where}: annotation {aid} (image {ann['image_id']}) has category id "
-                f"{ann.get('category_id')!r}, not in the categories {category_ids}"
-            )
-        bbox = ann.get("bbox")
-        if (not isinstance(bbox, (list, tuple)) or len(bbox) != 4
-                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox)):
-            raise ValueError(f"{where}: annotation {aid} has bbox {bbox!r}, expected [x, y, w, h] numbers")
-        area = ann.get("area")
-        if area is not None and (isinstance(area, bool) or not isinstance(area, (int, float)) or not area >= 0):
-            raise ValueError(f"{where}: annotation {aid} has area {area!r}, expected a number >= 0")
-        if ann.get("iscrowd", 0) and crowd == "exclude":
+            problem(f"duplicate annotation id {aid!r}")
             continue
-        by_image[ann["image_id"]].append(ann)
+        annotation_ids.add(aid)
+        bbox, area = ann.get("bbox"), ann.get("area")
+        if ann.get("image_id") not in images:
+            problem(f"annotation {aid} refers to unknown image id {ann.get('image_id')!r}")
+        elif ann.get("category_id") not in label_of:
+            problem(f"annotation {aid} (image {ann['image_id']}) has category id {ann.get('category_id')!r}, "
+                    f"not in the categories {category_ids}")
+        elif not isinstance(bbox, (list, tuple)) or len(bbox) != 4 or not all(map(_is_number, bbox)):
+            problem(f"annotation {aid} has bbox {bbox!r}, expected [x, y, w, h] numbers")
+        elif area is not None and not (_is_number(area) and area >= 0):
+            problem(f"annotation {aid} has area {area!r}, expected a number >= 0")
+        elif not (ann.get("iscrowd", 0) and crowd == "exclude"):
+            by_image[ann["image_id"]].append(ann)
 
     records = []
     for image_id, img in images.items():
@@ -109,26 +115,37 @@ def coco_source(
             (a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3])
             for a in anns
         ]
-        records.append(
-            make_record(
-                image_path=os.path.join(image_dir, img["file_name"]),
-                boxes=boxes,
-                labels=[label_of[a["category_id"]] for a in anns],
-                difficult=[bool(a.get("iscrowd", 0)) for a in anns],
-                height=int(img["height"]),
-                width=int(img["width"]),
-                image_id=image_id,
-                annotation=annotation_file,
-                policy=invalid_boxes,
-                object_names=[f"annotation {a.get('id')}, {class_names[label_of[a['category_id']] - 1]}" for a in anns],
-                # the annotation's area (pycocotools' small/medium/large split), else the box's
-                area=[float(a["area"]) if a.get("area") is not None else float(a["bbox"][2]) * float(a["bbox"][3])
-                      for a in anns],
+        try:
+            records.append(
+                make_record(
+                    image_path=os.path.join(image_dir, img["file_name"]),
+                    boxes=boxes,
+                    labels=[label_of[a["category_id"]] for a in anns],
+                    difficult=[bool(a.get("iscrowd", 0)) for a in anns],
+                    height=int(img["height"]),
+                    width=int(img["width"]),
+                    image_id=image_id,
+                    annotation=annotation_file,
+                    policy=invalid_boxes,
+                    object_names=[f"annotation {a.get('id')}, {class_names[label_of[a['category_id']] - 1]}"
+                                  for a in anns],
+                    # the annotation's area (pycocotools' small/medium/large split), else the box's
+                    area=[float(a["area"]) if a.get("area") is not None else float(a["bbox"][2]) * float(a["bbox"][3])
+                          for a in anns],
+                )
             )
-        )
+        except ValueError as e:  # a box outside its image (invalid_boxes="raise")
+            if errors is None:
+                raise
+            errors.append(str(e))
     name = name if name is not None else f"coco {os.path.basename(annotation_file)}"
     if check_images:
         check_images_exist(records, name)
     return Source(
         records=tuple(records), class_names=class_names, name=name, category_ids=category_ids
     )
+
+
+def _is_number(value) -> bool:
+    """A JSON number (not a boolean, not a string)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

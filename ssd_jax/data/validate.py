@@ -2,7 +2,7 @@
 
 :func:`validate_data` builds the train and eval sources of a ``data`` config as training
 would (the same readers and box policies, so a reader's error is reported as training
-would meet it), then decodes every image and gathers what it found into a
+would meet it, but every one of them instead of the first), then decodes every image and gathers what it found into a
 :class:`SourceReport` per split: counts (images, objects, objects per class, difficult or
 crowd objects, images without objects, boxes clipped to the image or dropped) and the
 problems, each naming its file. ``launch.py validate`` prints the reports.
@@ -112,39 +112,48 @@ def _decode_all(report: SourceReport, source: Source, workers: int, progress: Ca
                 progress(k)
 
 
-def validate_data(data: DataConfig, *, workers: int | None = None,
-                  progress: Callable[[str, int, int], None] | None = None) -> list[SourceReport]:
-    """Reports for the train and eval splits of ``data`` (one report when both are the
-    same files). ``progress(split, done, total)`` is called while images decode."""
+def _read(data: DataConfig, split: str, report: SourceReport) -> Source | None:
+    """Build the ``split`` source as training would, collecting the readers' problems and
+    box counts into ``report``; None when the annotations cannot be read at all."""
     from ssd_jax import builders
 
-    workers = workers or min(16, os.cpu_count() or 1)
     capture = _Capture()
     reader_log = logging.getLogger("ssd_jax.data.records")  # where the readers report boxes
     level = reader_log.level
     reader_log.addHandler(capture)
     reader_log.setLevel(logging.DEBUG)
-    try:
-        sources = builders.build_sources(data)
-        error = None
-    except (ValueError, FileNotFoundError, KeyError) as e:
-        sources, error = None, str(e.args[0] if isinstance(e, KeyError) else e)
+    errors: list[str] = []
+    try:  # missing images are found by decoding, one problem per record
+        source = builders.build_source(data, split, errors=errors, check_images=False)
+    except (ValueError, FileNotFoundError, KeyError, TypeError) as e:
+        source = None
+        errors.append(f"the annotations cannot be read: {e.args[0] if isinstance(e, KeyError) else e}")
     finally:
         reader_log.removeHandler(capture)
         reader_log.setLevel(level)
-    if sources is None:
-        return [SourceReport("train+eval", problems=[f"the annotations cannot be read: {error}"])]
+    report.problems.extend(errors)
+    report.clipped_boxes, report.dropped_boxes = capture.clipped, len(capture.dropped)
+    return source
 
-    train, evaluation = sources
-    same = [r.image_path for r in train.records] == [r.image_path for r in evaluation.records]
-    splits = [("train+eval", train)] if same else [("train", train), ("eval", evaluation)]
-    reports = []
-    for split, source in splits:
-        report = SourceReport(split)
+
+def validate_data(data: DataConfig, *, workers: int | None = None,
+                  progress: Callable[[str, int, int], None] | None = None) -> list[SourceReport]:
+    """Reports for the train and eval splits of ``data`` (one report when both are the
+    same files). Every problem is reported, not only the first: records a reader rejects
+    are left out of the counts. ``progress(split, done, total)`` is called while images
+    decode."""
+    workers = workers or min(16, os.cpu_count() or 1)
+    train_report, eval_report = SourceReport("train"), SourceReport("eval")
+    train, evaluation = _read(data, "train", train_report), _read(data, "eval", eval_report)
+    paths = lambda source: None if source is None else [r.image_path for r in source.records]  # noqa: E731
+    same = paths(train) == paths(evaluation) and train_report.problems == eval_report.problems
+    if same:
+        train_report.split = "train+eval"
+    splits = [(train_report, train)] if same else [(train_report, train), (eval_report, evaluation)]
+    for report, source in splits:
+        if source is None:
+            continue
         _count(report, source)
         _decode_all(report, source, workers,
-                    None if progress is None else (lambda done, s=split, n=len(source): progress(s, done, n)))
-        reports.append(report)
-    # The readers log while both sources are built: the box counts are for the two together.
-    reports[0].clipped_boxes, reports[0].dropped_boxes = capture.clipped, len(capture.dropped)
-    return reports
+                    None if progress is None else (lambda done, s=report.split, n=len(source): progress(s, done, n)))
+    return [report for report, _ in splits]

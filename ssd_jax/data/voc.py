@@ -117,6 +117,7 @@ def voc_source(
     class_names: Sequence[str] = VOC_CLASSES,
     invalid_boxes: InvalidBoxPolicy = "raise",
     check_images: bool = True,
+    errors: list[str] | None = None,
 ) -> Source:
     """Read VOC (year, split) pairs from a VOCdevkit folder and concatenate them.
 
@@ -126,6 +127,9 @@ def voc_source(
       class_names: the class list; an object of another class is an error.
       invalid_boxes: ``"raise"`` (default) or ``"drop"`` boxes outside the image or empty.
       check_images: check every image file exists now (cheap) rather than at load time.
+      errors: a list to collect problems into instead of raising at the first one: a
+        split whose image list is missing or empty, a missing or malformed annotation
+        (each message names its file); the records concerned are skipped.
 
     Returns:
       A :class:`Source`; records keep all objects with their ``difficult`` flags
@@ -134,31 +138,39 @@ def voc_source(
     """
     if not splits:
         raise ValueError("voc_source: no (year, split) pairs given")
+
+    def problem(error: Exception) -> None:
+        if errors is None:
+            raise error
+        errors.append(str(error))
+
     parts = []
     for year, split in splits:
         base = os.path.join(root, f"VOC{year}")
         list_file = os.path.join(base, "ImageSets", "Main", f"{split}.txt")
         if not os.path.isfile(list_file):
-            raise FileNotFoundError(f"VOC {year} {split}: image list {list_file} not found")
+            problem(FileNotFoundError(f"VOC {year} {split}: image list {list_file} not found"))
+            continue
         with open(list_file) as f:
             stems = [line.split()[0] for line in f if line.strip()]
         if not stems:
-            raise ValueError(f"VOC {year} {split}: image list {list_file} is empty")
+            problem(ValueError(f"VOC {year} {split}: image list {list_file} is empty"))
+            continue
         records = []
         for stem in stems:
             xml_path = os.path.join(base, "Annotations", f"{stem}.xml")
-            if not os.path.isfile(xml_path):
-                raise FileNotFoundError(
-                    f"{list_file} lists {stem!r} but its annotation {xml_path} is missing"
-                )
             image_path = os.path.join(base, "JPEGImages", f"{stem}.jpg")
-            records.append(
-                parse_annotation(
-                    xml_path, image_path, f"{year}/{stem}", class_names, invalid_boxes
-                )
-            )
+            try:
+                if not os.path.isfile(xml_path):
+                    raise FileNotFoundError(f"{list_file} lists {stem!r} but its annotation {xml_path} is missing")
+                records.append(parse_annotation(xml_path, image_path, f"{year}/{stem}", class_names, invalid_boxes))
+            except (ValueError, FileNotFoundError) as e:
+                problem(e)
         name = f"voc {year}/{split}"
         if check_images:
             check_images_exist(records, name)
         parts.append(Source(records=tuple(records), class_names=tuple(class_names), name=name))
+    if not parts:  # only when collecting errors
+        return Source(records=(), class_names=tuple(class_names),
+                      name="voc " + "+".join(f"{y}/{s}" for y, s in splits))
     return concat_sources(parts)

@@ -34,13 +34,24 @@ def test_a_good_voc_tree_is_reported_and_passes(devkit, capsys):
     assert ["car", "4"] in rows and ["person", "2"] in rows and ["car", "1"] in rows
 
 
-def test_a_broken_voc_tree_names_the_file(devkit, capsys):
-    xml = os.path.join(devkit, "VOC2007", "Annotations", "000001.xml")
-    text = open(xml).read().replace("<difficult>1</difficult>", "<difficult>yes</difficult>")
-    open(xml, "w").write(text)
+def test_a_broken_voc_tree_names_every_file(devkit, capsys):
+    annotations = os.path.join(devkit, "VOC2007", "Annotations")
+    for stem, old, new in (("000001", "<difficult>1</difficult>", "<difficult>yes</difficult>"),
+                           ("000002", "<name>car</name>", "<name>lorry</name>")):
+        xml = os.path.join(annotations, f"{stem}.xml")
+        text = open(xml).read()
+        open(xml, "w").write(text.replace(old, new))
+    os.remove(os.path.join(annotations, "000100.xml"))
+    os.remove(os.path.join(devkit, "VOC2007", "JPEGImages", "000003.jpg"))
     assert main(_voc_args(devkit)) == 1
     out = capsys.readouterr().out
-    assert "the annotations cannot be read" in out and "000001.xml" in out and "'yes', expected 0 or 1" in out
+    # every problem, each with its file; the other records are read, counted and decoded
+    assert "000001.xml (record '2007/000001') object 1 (person): <difficult> is 'yes', expected 0 or 1" in out
+    assert "000002.xml (record '2007/000002') object 0: class 'lorry' is not in the class list" in out
+    assert "lists '000100' but its annotation" in out and "000100.xml is missing" in out
+    assert "000003.jpg" in out and "4 problem(s)" in out
+    assert "images 2 (decoded 1), objects 3" in out  # train: 000000 and 000003 (missing image)
+    assert "images 1 (decoded 1), objects 0" in out  # eval: 000101 alone
 
 
 def test_a_coco_json_with_a_corrupt_image_and_clipped_and_dropped_boxes(tmp_path, make_coco, tiny_coco_dict, capsys):
@@ -56,14 +67,23 @@ def test_a_coco_json_with_a_corrupt_image_and_clipped_and_dropped_boxes(tmp_path
     assert main(args) == 1
     out = capsys.readouterr().out
     assert "train+eval: coco instances.json" in out  # the same files: one report
-    assert "images 3 (decoded 2)" in out and "boxes clipped to the image 2, dropped 2" in out  # train and eval reads
+    assert "images 3 (decoded 2)" in out and "boxes clipped to the image 1, dropped 1" in out
     assert "problem: record 20 image" in out and "b.jpg: cannot decode" in out and "1 problem(s)" in out
 
+    # Problems in the JSON: all reported, each naming the file and the annotation or image.
     data["annotations"][1]["id"] = 1
+    data["annotations"][2]["bbox"] = ["1", 2, 3, 4]
+    data["annotations"].append({"id": 11, "image_id": 99, "category_id": 1, "bbox": [1, 2, 3, 4], "iscrowd": 0})
+    data["images"].append({"id": 40, "file_name": "d.jpg", "width": "wide", "height": 10})
     with open(json_path, "w") as f:
         json.dump(data, f)
     assert main(args) == 1
-    assert "duplicate annotation id 1" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"{json_path}: duplicate annotation id 1" in out
+    assert f"{json_path}: annotation {data['annotations'][2]['id']} has bbox ['1', 2, 3, 4]" in out
+    assert f"{json_path}: annotation 11 refers to unknown image id 99" in out
+    assert f"{json_path}: image 40 has size 'wide'x10, expected positive numbers" in out
+    assert "5 problem(s)" in out  # the four above and the corrupt image
 
 
 def test_bad_config_is_exit_2(capsys):
