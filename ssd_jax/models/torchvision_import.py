@@ -122,15 +122,24 @@ def reduce_fc7(weight: np.ndarray, bias: np.ndarray) -> tuple[np.ndarray, np.nda
 def from_torchvision_vgg16(sd: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """torchvision ImageNet ``vgg16`` state dict -> flat partial params of the VGG16 extractor.
 
-    Works for ``ssd300_vgg16`` and ``ssd512_vgg16`` (same backbone names).
+    Works for ``ssd300_vgg16`` and ``ssd512_vgg16`` (same backbone names). fc6/fc7 are the
+    classifier's first two layers, subsampled (:func:`reduce_fc6`, :func:`reduce_fc7`);
+    a checkpoint whose classifier holds non-finite values (torchvision's feature-only
+    ``VGG16_Weights.IMAGENET1K_FEATURES``, which keeps no valid classifier) gives the conv
+    layers alone, and fc6/fc7 keep their initialisation, as in torchvision's ``ssd300_vgg16``.
     """
     src = "torchvision vgg16"
     flat = {}
     for name, i in _VGG_FEATURE_INDEX.items():
         flat[f"extractor/{name}/kernel"] = conv_kernel(_get(sd, f"features.{i}.weight", src))
         flat[f"extractor/{name}/bias"] = np.asarray(_get(sd, f"features.{i}.bias", src), np.float32)
-    k6, b6 = reduce_fc6(_get(sd, "classifier.0.weight", src), _get(sd, "classifier.0.bias", src))
-    k7, b7 = reduce_fc7(_get(sd, "classifier.3.weight", src), _get(sd, "classifier.3.bias", src))
+        if not (np.isfinite(flat[f"extractor/{name}/kernel"]).all() and np.isfinite(flat[f"extractor/{name}/bias"]).all()):
+            raise ValueError(f"{src}: features.{i} holds non-finite values")
+    fc = [np.asarray(_get(sd, f"classifier.{i}.{p}", src), np.float32) for i in (0, 3) for p in ("weight", "bias")]
+    if not all(np.isfinite(a).all() for a in fc):
+        return flat
+    k6, b6 = reduce_fc6(fc[0], fc[1])
+    k7, b7 = reduce_fc7(fc[2], fc[3])
     if k6.shape != (3, 3, 512, 1024) or k7.shape != (1, 1, 1024, 1024):
         raise ValueError(f"{src}: reduced fc6/fc7 have shapes {k6.shape}/{k7.shape}; is this VGG16 with 4096-unit classifiers?")
     flat.update({"extractor/fc6/kernel": k6, "extractor/fc6/bias": b6, "extractor/fc7/kernel": k7, "extractor/fc7/bias": b7})

@@ -89,7 +89,8 @@ def test_fc_reduction_is_every_4th_unit_and_every_3rd_tap():
     np.testing.assert_array_equal(b7, [0, 4])
 
 
-def test_vgg16_import_names_and_shapes():
+def _vgg16_state_dict():
+    """A torchvision ``vgg16`` state dict of random conv layers and constant classifiers."""
     rng = np.random.default_rng(0)
     sd = {}
     convs = [(0, 3, 64), (2, 64, 64), (5, 64, 128), (7, 128, 128), (10, 128, 256), (12, 256, 256), (14, 256, 256),
@@ -102,6 +103,11 @@ def test_vgg16_import_names_and_shapes():
     sd["classifier.0.bias"] = np.arange(4096, dtype=np.float32)
     sd["classifier.3.weight"] = np.broadcast_to(np.float32(0.25), (4096, 4096))
     sd["classifier.3.bias"] = np.arange(4096, dtype=np.float32)
+    return sd
+
+
+def test_vgg16_import_names_and_shapes():
+    sd = _vgg16_state_dict()
     flat = ti.from_torchvision_vgg16(sd)
     assert flat["extractor/fc6/kernel"].shape == (3, 3, 512, 1024)
     assert flat["extractor/fc7/kernel"].shape == (1, 1, 1024, 1024)
@@ -110,6 +116,34 @@ def test_vgg16_import_names_and_shapes():
     for name in ("ssd300_vgg16", "ssd512_vgg16"):
         model = nnx.eval_shape(lambda: models.build_model(name, 20))
         assert len(params_io.assign(model, flat)) == 30  # partial: backbone only
+
+    # A feature-only checkpoint (no valid classifier): the conv layers alone.
+    sd["classifier.0.weight"] = np.broadcast_to(np.float32(np.nan), (4096, 25088))
+    features_only = ti.from_torchvision_vgg16(sd)
+    assert set(features_only) == set(flat) - {f"extractor/{n}/{p}" for n in ("fc6", "fc7") for p in ("kernel", "bias")}
+    assert len(features_only) == 26
+    sd["features.0.bias"] = np.full(64, np.inf, np.float32)
+    with pytest.raises(ValueError, match="features.0 holds non-finite values"):
+        ti.from_torchvision_vgg16(sd)
+
+
+def test_convert_records_the_normalization_and_leaves_out_an_invalid_classifier(tmp_path, monkeypatch, capsys):
+    """``launch.py convert --from torchvision-vgg16``: ``--normalization`` is recorded for
+    ``init_from``; the feature-only VGG16 (no valid classifier) converts without fc6/fc7."""
+    from ssd_jax.cli import main
+
+    sd = _vgg16_state_dict()
+    monkeypatch.setattr(ti, "read_pth", lambda path: sd)  # reading .pth needs torch
+    assert main(["convert", "--from", "torchvision-vgg16", "--checkpoint", "vgg16.pth", "--workdir", str(tmp_path / "a")]) == 0
+    assert params_io.load_converted_meta(str(tmp_path / "a"))["normalization"] == "torchvision"
+    assert "extractor/fc6/kernel" in params_io.load_converted(str(tmp_path / "a")).params
+    sd["classifier.3.weight"] = np.broadcast_to(np.float32(np.nan), (4096, 4096))
+    assert main(["convert", "--from", "torchvision-vgg16", "--checkpoint", "features.pth", "--normalization", "caffe_vgg",
+                 "--workdir", str(tmp_path / "b")]) == 0
+    assert "has no valid classifier" in capsys.readouterr().out
+    assert params_io.load_converted_meta(str(tmp_path / "b"))["normalization"] == "caffe_vgg"
+    params = params_io.load_converted(str(tmp_path / "b")).params
+    assert len(params) == 26 and "extractor/fc6/kernel" not in params
 
 
 def test_reading_pth_without_torch_says_how_to_install(tmp_path):
