@@ -85,12 +85,15 @@ def nms_keep_mask(candidate_boxes: Array, candidate_valid: Array, iou_threshold)
     # overlaps[..., i, j]: candidate i would suppress candidate j (j after i).
     overlaps = (box_ops.iou(candidate_boxes, candidate_boxes) > iou_threshold) & later
 
-    def step(i, keep):
+    # The overlaps ride in the loop state rather than being closed over: the same program
+    # for XLA, and one that converters (jax2onnx: an ONNX Loop) can express.
+    def step(i, carry):
+        keep, overlaps = carry
         row = lax.dynamic_index_in_dim(overlaps, i, axis=-2, keepdims=False)  # [..., k]
         kept_i = lax.dynamic_index_in_dim(keep, i, axis=-1, keepdims=True)  # [..., 1]
-        return keep & ~(row & kept_i)
+        return keep & ~(row & kept_i), overlaps
 
-    return lax.fori_loop(0, k, step, candidate_valid)
+    return lax.fori_loop(0, k, step, (candidate_valid, overlaps))[0]
 
 
 #: Most candidate pairs whose overlap NMS holds at once (``[B, classes, k, k]`` booleans):
@@ -104,7 +107,9 @@ def _nms_by_class_chunks(cand_boxes: Array, cand_valid: Array, iou_threshold) ->
     :data:`NMS_PAIRS_BUDGET` (COCO at batch 32 and k = 400 holds 410 Mi pairs at once
     otherwise). Classes never interact in NMS, so the result is the same."""
     b, c, k = cand_valid.shape
-    chunk = max(1, min(c, NMS_PAIRS_BUDGET // max(1, b * k * k)))
+    # A symbolic batch (an exported program for any N): the budget is per image.
+    per_batch = b if isinstance(b, int) else 1
+    chunk = max(1, min(c, NMS_PAIRS_BUDGET // max(1, per_batch * k * k)))
     if chunk >= c:
         return nms_keep_mask(cand_boxes, cand_valid, iou_threshold)
     n = -(-c // chunk)
@@ -115,6 +120,13 @@ def _nms_by_class_chunks(cand_boxes: Array, cand_valid: Array, iou_threshold) ->
     valid = jnp.moveaxis(valid.reshape(b, n, chunk, k), 1, 0)
     keep = lax.map(lambda bv: nms_keep_mask(bv[0], bv[1], iou_threshold), (boxes, valid))  # [n, B, chunk, k]
     return jnp.moveaxis(keep, 0, 1).reshape(b, n * chunk, k)[:, :c]
+
+
+def _take(values: Array, indices: Array, axis: int) -> Array:
+    """``jnp.take_along_axis`` of indices that are in range by construction (``top_k``'s).
+    Unsigned indices skip the wrap-around of negative ones, which is dead code here, and
+    which ONNX converters get wrong (ONNX's TopK gives int64 indices)."""
+    return jnp.take_along_axis(values, indices.astype(jnp.uint32), axis=axis)
 
 
 def _check_inputs(class_logits, box_offsets, priors, candidates_per_class, max_detections):
@@ -207,9 +219,7 @@ def _detect(
     k = min(candidates_per_class, num_priors)
     cand_scores, cand_idx = lax.top_k(jnp.swapaxes(scores, 1, 2), k)  # [B, C, k]
     cand_valid = cand_scores > score_threshold
-    cand_boxes = jnp.take_along_axis(
-        decoded[:, None, :, :], cand_idx[..., None], axis=2
-    )  # [B, C, k, 4]
+    cand_boxes = _take(decoded[:, None, :, :], cand_idx[..., None], axis=2)  # [B, C, k, 4]
 
     keep = _nms_by_class_chunks(cand_boxes, cand_valid, nms_iou)  # [B, C, k]
 
@@ -226,8 +236,8 @@ def _detect(
         flat_classes = jnp.pad(flat_classes, ((0, 0), (0, pad)))
     out_scores, out_idx = lax.top_k(flat_scores, max_detections)  # [B, K]
     valid = out_scores > -jnp.inf
-    out_boxes = jnp.take_along_axis(flat_boxes, out_idx[..., None], axis=1)
-    out_classes = jnp.take_along_axis(flat_classes, out_idx, axis=1)
+    out_boxes = _take(flat_boxes, out_idx[..., None], axis=1)
+    out_classes = _take(flat_classes, out_idx, axis=1)
     return Detections(
         boxes=jnp.where(valid[..., None], out_boxes, 0.0),
         scores=jnp.where(valid, out_scores, 0.0),

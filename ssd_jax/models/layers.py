@@ -460,11 +460,11 @@ def max_pool(
     ``max`` over the window axes: its gradient is one fused element-wise pass, where
     ``reduce_window``'s autodiff tracks each window's argmax through four int32 index
     arrays of the input's size and a scatter, which made the SSD300 train step slower on
-    the CPU (measured: benchmarks/README.md). The values
-    are the same; the gradient differs only on exact ties inside a window, which the
-    reshape path shares out equally (``jnp.max``'s rule) where ``reduce_window`` gives it
-    to one element (as PyTorch) — after a ReLU the only ties are zeros, whose gradient the
-    ReLU stops anyway.
+    the CPU (measured: benchmarks/README.md). Overlapping windows are maxima of strided
+    slices (:func:`_window_max_pool`). The values are ``reduce_window``'s; the gradient
+    differs only on exact ties inside a window, which these paths share out equally
+    (``jnp.max``'s rule) where ``reduce_window`` gives it to one element (as PyTorch) —
+    after a ReLU the only ties are zeros, whose gradient the ReLU stops anyway.
     """
     spatial = (1, 2) if layout == "NHWC" else (2, 3)
     pads = [(0, 0)] * 4
@@ -475,21 +475,30 @@ def max_pool(
         pads[ax] = (padding, hi)
     if kernel == stride:
         return _block_max_pool(x, kernel, pads, spatial)
-    pads = [(lo, max(hi, 0)) for lo, hi in pads]
-    window = [1, 1, 1, 1]
-    strides = [1, 1, 1, 1]
+    return _window_max_pool(x, kernel, stride, [(lo, max(hi, 0)) for lo, hi in pads], spatial)
+
+
+def _pad_neg_inf(x: Array, pads, spatial) -> Array:
+    """``x`` padded with ``(lo, hi)`` rows of ``-inf`` along each spatial axis (``hi < 0``
+    crops). A concatenation of ``-inf`` rows shaped after slices of ``x``, not ``lax.pad``:
+    the same values and gradients, and a program that ONNX converters express with a
+    symbolic batch size."""
     for ax in spatial:
-        window[ax], strides[ax] = kernel, stride
-    # a Python -inf init lets JAX recognise the max monoid (differentiable reduce_window_max)
-    return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, window, strides, pads)
+        lo, hi = pads[ax]
+        if hi < 0:
+            x = jax.lax.slice_in_dim(x, 0, x.shape[ax] + hi, axis=ax)
+        edge = lambda n: jnp.full_like(jax.lax.slice_in_dim(x, 0, n, axis=ax), -jnp.inf)  # noqa: E731
+        parts = ([edge(lo)] if lo > 0 else []) + [x] + ([edge(hi)] if hi > 0 else [])
+        if len(parts) > 1:
+            x = jnp.concatenate(parts, axis=ax)
+    return x
 
 
 def _block_max_pool(x: Array, k: int, pads, spatial) -> Array:
     """Max over non-overlapping ``k x k`` blocks: pad with ``-inf`` (or crop the rows a
     floor-mode pool never reads) to a multiple of ``k``, split each spatial axis into
     ``(n / k, k)`` and reduce the ``k`` axes."""
-    pad_cfg = [(lo, hi, 0) for lo, hi in pads]  # lax.pad crops where hi < 0
-    x = jax.lax.pad(x, jnp.array(-jnp.inf, x.dtype), pad_cfg)
+    x = _pad_neg_inf(x, pads, spatial)
     shape, axes = [], []
     for ax, n in enumerate(x.shape):
         if ax in spatial:
@@ -498,6 +507,21 @@ def _block_max_pool(x: Array, k: int, pads, spatial) -> Array:
         else:
             shape.append(n)
     return jnp.max(x.reshape(shape), axis=tuple(axes))
+
+
+def _window_max_pool(x: Array, k: int, stride: int, pads, spatial) -> Array:
+    """Max over overlapping ``k x k`` windows (VGG's pool5: 3x3, stride 1), separably: per
+    spatial axis, the element-wise max of the ``k`` strided slices that start at offsets
+    ``0 .. k-1``. The same values as ``lax.reduce_window``; on exact ties the gradient is
+    shared (``jnp.maximum``'s rule) where ``reduce_window`` gives it to one element. Slices
+    and maxima, unlike a windowed reduction over a rank-4 window, convert to ONNX."""
+    x = _pad_neg_inf(x, pads, spatial)
+    for ax in spatial:
+        n_out = (x.shape[ax] - k) // stride + 1
+        span = stride * (n_out - 1) + 1
+        views = [jax.lax.slice_in_dim(x, i, i + span, stride=stride, axis=ax) for i in range(k)]
+        x = functools.reduce(jnp.maximum, views)
+    return x
 
 
 def pool_layer(name: str, kernel: int, stride: int, padding: int = 0, ceil_mode: bool = False) -> Layer:
@@ -533,6 +557,12 @@ ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
     "relu": jax.nn.relu,
     "hardswish": jax.nn.hard_swish,  # x * relu6(x + 3) / 6, torch's Hardswish
 }
+
+
+#: flax's ``nnx.BatchNorm.__call__``, called as a function: tools that trace the model
+#: with their own stand-in for the method see flax's primitives instead (jax2onnx's
+#: stand-in leaves channels-last outputs transposed, which breaks the ONNX export).
+_BATCH_NORM_CALL = nnx.BatchNorm.__call__
 
 
 class ConvBNAct(nnx.Module):
@@ -577,7 +607,7 @@ class ConvBNAct(nnx.Module):
         self.activation = activation or None
 
     def __call__(self, x: Array, train: bool) -> Array:
-        y = self.bn(self.conv(x), use_running_average=not train)
+        y = _BATCH_NORM_CALL(self.bn, self.conv(x), use_running_average=not train)
         return ACTIVATIONS[self.activation](y) if self.activation else y
 
     def layer(self, name: str) -> Layer:

@@ -484,6 +484,27 @@ def test_block_max_pool_equals_reduce_window(shape, kernel, padding, ceil_mode, 
     np.testing.assert_array_equal(g_ours, g_ref)
 
 
+@pytest.mark.parametrize("shape,kernel,stride,padding,ceil_mode,layout", [
+    ((2, 19, 19, 4), 3, 1, 1, False, "NHWC"),  # VGG's pool5
+    ((1, 7, 9, 3), 3, 2, 1, True, "NHWC"),     # strided, ceil: a partial last window
+    ((1, 8, 8, 2), 3, 2, 0, False, "NHWC"),    # floor: the last row and column are never read
+    ((1, 3, 10, 6), 3, 1, 1, False, "NCHW"),
+])
+def test_window_max_pool_equals_reduce_window(shape, kernel, stride, padding, ceil_mode, layout):
+    """Overlapping pools (kernel > stride) take the strided-slice path: same values and, on
+    inputs without ties, the same gradient as ``reduce_window``'s."""
+    x = jax.random.normal(jax.random.key(0), shape)
+    ours_fn = lambda x: layers.max_pool(x, kernel, stride, padding, ceil_mode, layout)
+    ref_fn = lambda x: _reduce_window_max_pool(x, kernel, stride, padding, ceil_mode, layout)
+    ours, ref = jax.jit(lambda x: (ours_fn(x), ref_fn(x)))(x)
+    assert ours.shape == ref.shape
+    np.testing.assert_array_equal(ours, ref)
+    weights = jax.random.normal(jax.random.key(1), ref.shape)
+    g_ours, g_ref = jax.jit(lambda x: (jax.grad(lambda x: (ours_fn(x) * weights).sum())(x),
+                                       jax.grad(lambda x: (ref_fn(x) * weights).sum())(x)))(x)
+    np.testing.assert_allclose(g_ours, g_ref, rtol=1e-6, atol=1e-6)
+
+
 def test_block_max_pool_ties_share_the_gradient():
     """Exact ties inside a window share its gradient equally (jnp.max's rule); reduce_window
     gives all of it to one element. The total per window is the same."""
