@@ -279,3 +279,37 @@ def tiny_coco_dict():
             {"id": 12, "name": "zebra"}, {"id": 3, "name": "cat"}, {"id": 7, "name": "dog"},
         ],
     }
+
+
+# ------------------------------------------------------------------- detections
+
+
+def _assert_same_detections(got, want, atol=1e-4):
+    """``got`` (a dict of ``boxes``, ``scores``, ``labels``, ``num_detections`` arrays, as an
+    exported detector returns) holds ``want``'s detections (:class:`Detections`): per image
+    the same count, and one-to-one the same label with box and score within ``atol``.
+    Detections whose scores differ by float rounding may swap places, so they are matched
+    by label and box rather than by slot."""
+    n = np.asarray(want.num_detections)
+    np.testing.assert_array_equal(got["num_detections"], n)
+    assert got["num_detections"].dtype == np.int32 and got["labels"].dtype == np.int32
+    assert got["boxes"].dtype == np.float32 and got["scores"].dtype == np.float32
+    labels, boxes, scores = (np.asarray(want.classes), np.asarray(want.boxes), np.asarray(want.scores))
+    for i, count in enumerate(n):
+        assert not got["labels"][i, count:].any() and not got["scores"][i, count:].any()  # empty slots
+        unused = set(range(count))
+        for k in range(count):
+            match = [j for j in unused if labels[i, j] == got["labels"][i, k]
+                     and np.abs(boxes[i, j] - got["boxes"][i, k]).max() <= atol
+                     and abs(scores[i, j] - got["scores"][i, k]) <= atol]
+            assert match, f"image {i} slot {k}: no detection like label {got['labels'][i, k]} " \
+                          f"box {got['boxes'][i, k]} score {got['scores'][i, k]}"
+            unused.discard(min(match, key=lambda j: abs(j - k)))
+    assert n.sum() > 0  # there is something to compare
+
+
+@pytest.fixture(scope="session")
+def assert_same_detections():
+    """``assert_same_detections(got, want, atol=1e-4)``: an exported detector's outputs hold
+    the JAX path's detections (same counts, labels; boxes and scores to ``atol``)."""
+    return _assert_same_detections

@@ -15,7 +15,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("train_cmd", "train (or resume) an experiment: experiments/<name>.py, --config.x=v overrides"),
     "eval": ("eval_cmd", "evaluate a run's checkpoint on its eval split: table, JSON, PR curves"),
     "sweep": ("sweep_cmd", "run, list or summarise a hyperparameter sweep (experiments/<sweep>.py)"),
-    "predict": ("predict_cmd", "detect objects in image files with a run's checkpoint: drawn PNGs + JSON"),
+    "predict": ("predict_cmd", "detect objects in image files with a run's checkpoint or an exported file: PNGs + JSON"),
+    "export": ("export_cmd", "export a run's checkpoint as one servable program: ONNX or StableHLO"),
     "validate": ("validate_cmd", "check an experiment's data: read every annotation, decode every image, report"),
 }
 
