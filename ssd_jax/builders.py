@@ -25,17 +25,20 @@ logger = logging.getLogger(__name__)
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
-def build_model(model: ModelConfig, num_classes: int, rngs: nnx.Rngs) -> nnx.Module:
+def build_model(model: ModelConfig, num_classes: int, rngs: nnx.Rngs, *, conv=None) -> nnx.Module:
     """The network of ``model`` with ``num_classes`` object classes (plus background).
 
     Options of one family are ignored for the others (a config made for the demo can switch
     ``model.name`` alone): ``width`` reaches the SSDLite models and ``ssd_compact`` only,
-    ``depth`` and ``top_down`` only ``ssd_compact``.
+    ``depth`` and ``top_down`` only ``ssd_compact``. ``conv``: a
+    :class:`~ssd_jax.models.layers.ConvChoices` instead of the one ``model`` resolves to
+    (the same parameters, another program: e.g. an exported one).
     """
     from ssd_jax.models import factory, layers, tiny
 
     dtype = _DTYPES[model.compute_dtype]
-    conv = layers.resolve_conv_choices(model.conv_wgrad, model.cpu_kernels)
+    if conv is None:
+        conv = layers.resolve_conv_choices(model.conv_wgrad, model.cpu_kernels)
     if model.name == TINY_NAME:
         return tiny.build_tiny(num_classes, model.image_size, compute_dtype=dtype, conv=conv, rngs=rngs)
     width = model.width if model.name in factory.WIDTH_MODELS else 1.0

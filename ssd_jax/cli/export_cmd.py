@@ -66,8 +66,14 @@ def main(argv: list[str]) -> int:
         max_detections=eval_cfg.max_detections, score_threshold=eval_cfg.score_threshold, nms_iou=eval_cfg.nms_iou,
         candidates_per_class=eval_cfg.candidates_per_class, variances=tuple(run.settings.loss.variances),
         step=run.step, workdir=os.path.abspath(args.workdir))
+    graphdef = run.graphdef
+    if args.format == "onnx":
+        from flax import nnx
+
+        graphdef = export.onnx_graphdef(lambda conv: builders.build_model(
+            run.settings.model, len(run.class_names), nnx.Rngs(0), conv=conv))
     detector = export.make_detector(
-        run.graphdef, jax.device_get(run.params), jax.device_get(run.model_state), spec, meta.normalization,
+        graphdef, jax.device_get(run.params), jax.device_get(run.model_state), spec, meta.normalization,
         score_threshold=meta.score_threshold, nms_iou=meta.nms_iou, candidates_per_class=meta.candidates_per_class,
         max_detections=meta.max_detections, variances=meta.variances)
     start = time.perf_counter()

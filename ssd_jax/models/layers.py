@@ -98,6 +98,9 @@ class ConvChoices:
       matmul_wgrad_all: every NHWC convolution takes it (needs ``matmul_wgrad``).
       cpu_kernels: depthwise gradients use the FFI CPU kernels (:mod:`ssd_jax.kernels`;
         the library must be loadable: :func:`resolve_conv_choices` checks that).
+      grouped_depthwise: a depthwise convolution is one grouped convolution instead of
+        the sum of shifted products: the form exported programs take (one ONNX ``Conv``
+        with ``group = C``, which onnxruntime runs several times faster than the products).
 
     The default, all ``False``, is XLA's own gradients everywhere, right on any backend.
     Hashable, so modules keep it as static graph data.
@@ -106,6 +109,7 @@ class ConvChoices:
     matmul_wgrad: bool = False
     matmul_wgrad_all: bool = False
     cpu_kernels: bool = False
+    grouped_depthwise: bool = False
 
     def __post_init__(self):
         if self.matmul_wgrad_all and not self.matmul_wgrad:
@@ -313,7 +317,9 @@ def depthwise_conv2d(
     """
     x = x.astype(compute_dtype)
     w = kernel.astype(compute_dtype)[:, :, 0, :]  # [k, k, C]
-    if conv.cpu_kernels and layout == "NHWC" and jnp.dtype(compute_dtype) == jnp.float32:
+    if conv.grouped_depthwise:
+        y = _depthwise_grouped(x, w, stride, padding, dilation, layout)
+    elif conv.cpu_kernels and layout == "NHWC" and jnp.dtype(compute_dtype) == jnp.float32:
         kernels_cpu.require()  # the FFI targets registered in this process, also for hand-made ConvChoices
         y = _depthwise_nhwc(x, w, stride, padding, dilation)
     else:
@@ -322,6 +328,15 @@ def depthwise_conv2d(
         cshape = (1, 1, 1, -1) if layout == "NHWC" else (1, -1, 1, 1)
         y = y + bias.astype(compute_dtype).reshape(cshape)
     return y
+
+
+def _depthwise_grouped(x: Array, w: Array, stride: int, padding: int, dilation: int, layout: str) -> Array:
+    """``x`` convolved with ``w [k, k, C]`` per channel as one grouped convolution."""
+    return jax.lax.conv_general_dilated(
+        x, w[:, :, None, :], (stride, stride), ((padding, padding), (padding, padding)),
+        rhs_dilation=(dilation, dilation), dimension_numbers=(layout, "HWIO", layout),
+        feature_group_count=w.shape[-1],
+    )
 
 
 def _depthwise_shifted(x: Array, w: Array, stride: int, padding: int, dilation: int, layout: str) -> Array:

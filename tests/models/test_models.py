@@ -428,12 +428,14 @@ def test_depthwise_shifted_equals_grouped_conv(layout, stride, size, k):
     def outputs_and_kernel_grads(x, k):
         grouped = lambda k: layers.conv2d(x, k, b, groups=6, **kw)
         shifted = lambda k: layers.depthwise_conv2d(x, k, b, **kw)
+        exported = layers.depthwise_conv2d(x, k, b, conv=layers.ConvChoices(grouped_depthwise=True), **kw)
         return (grouped(k), shifted(k), jax.grad(lambda k: (grouped(k) ** 2).sum())(k),
-                jax.grad(lambda k: (shifted(k) ** 2).sum())(k))
+                jax.grad(lambda k: (shifted(k) ** 2).sum())(k), exported)
 
-    ref, ours, g1, g2 = outputs_and_kernel_grads(x, k)
+    ref, ours, g1, g2, exported = outputs_and_kernel_grads(x, k)
     np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(g2, g1, rtol=1e-4)
+    np.testing.assert_allclose(exported, ref, rtol=1e-5, atol=1e-5)  # the form of exported programs
 
 
 def test_max_pool_ceil_mode():
