@@ -199,12 +199,21 @@ def write(path: str, fmt: str, detector: Callable, meta: ExportMeta) -> tuple[st
 
 
 def read_meta(path: str) -> ExportMeta:
-    """The metadata written beside an exported file."""
+    """The metadata written beside an exported file, or for an ONNX file without it, the
+    copy in the model's ``metadata_props``."""
     meta_path = path + ".json"
-    if not os.path.isfile(meta_path):
-        raise FileNotFoundError(f"{path}: no metadata file {meta_path} beside it (written by launch.py export)")
-    with open(meta_path) as f:
-        return ExportMeta.from_json(json.load(f))
+    if os.path.isfile(meta_path):
+        with open(meta_path) as f:
+            return ExportMeta.from_json(json.load(f))
+    try:
+        import onnx
+
+        props = {p.key: json.loads(p.value) for p in onnx.load(path, load_external_data=False).metadata_props}
+        if props.get("format") == "onnx":
+            return ExportMeta.from_json(props)
+    except Exception:  # noqa: BLE001 - not an ONNX file, or no onnx: the error below says what is missing
+        pass
+    raise FileNotFoundError(f"{path}: no metadata file {meta_path} beside it (written by launch.py export)")
 
 
 class ExportedDetector:

@@ -2,6 +2,7 @@
 ``predict --exported``: the exported detector gives the JAX path's detections. onnx,
 onnxruntime and jax2onnx are test requirements (``.[test]`` includes ``.[export]``)."""
 
+import dataclasses
 import glob
 import json
 import os
@@ -57,6 +58,9 @@ def test_export_onnx_and_stablehlo_give_the_jax_detections(launched_run, tmp_pat
     assert [i.name for i in model.graph.input] == ["images"]
     assert [o.name for o in model.graph.output] == list(export.OUTPUT_NAMES)
     assert model.opset_import[0].version == export.ONNX_OPSET
+    os.remove(paths["onnx"] + ".json")  # an ONNX file carries its metadata inside too
+    assert export.ExportedDetector(paths["onnx"]).meta == dataclasses.replace(export.read_meta(paths["stablehlo"]),
+                                                                              format="onnx")
 
     # The StableHLO program runs in a fresh process with jax alone (no project code).
     np.save(tmp_path / "images.npy", batches[1])

@@ -1,6 +1,8 @@
 """Exported programs of the full-size networks (synthetic weights) give the JAX path's
 detections: ONNX through onnxruntime and StableHLO through ``jax.export``."""
 
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
@@ -26,7 +28,7 @@ def test_ssd300_vgg16_exports_with_the_jax_detections(tmp_path, assert_same_dete
     want = [jax.device_get(predict(params, state, normalization.CAFFE_VGG(x))) for x in batches]
     for fmt in export.FORMATS:
         path = str(tmp_path / f"ssd300.{fmt}")
-        export.write(path, fmt, detector, meta.__class__(**{**meta.__dict__, "format": fmt}))
+        export.write(path, fmt, detector, dataclasses.replace(meta, format=fmt))
         run = export.ExportedDetector(path)
         for images, ref in zip(batches, want):
             assert_same_detections(run(images), ref)
