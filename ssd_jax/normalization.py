@@ -12,6 +12,8 @@ pipeline, evaluation, ``predict`` and anything that runs the network on device.
   (123, 117, 104) = 255 * (0.48235, 0.45882, 0.40784) (torchvision's ``image_mean`` for
   SSD300), std 1. Caffe stores BGR; these are its means in RGB order, for RGB-ordered
   weights. Every network of the project takes RGB.
+* :data:`SYMMETRIC`: pixels mapped to [-1, 1] (mean 0.5, std 0.5), as torchvision's
+  ``ssdlite320_mobilenet_v3_large`` takes them (its ``image_mean`` / ``image_std``).
 
 The arithmetic is done in 0-255 units, ``(x - 255 mean) / (255 std)`` in float32, the
 same on host (NumPy) and device (``jax.numpy``).
@@ -62,9 +64,10 @@ class Normalization:
 
 TORCHVISION = Normalization("torchvision", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 CAFFE_VGG = Normalization("caffe_vgg", (0.48235, 0.45882, 0.40784), (1 / 255, 1 / 255, 1 / 255))
+SYMMETRIC = Normalization("symmetric", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 
 #: The conventions by name (the values of ``model.normalization`` besides ``auto``).
-CONVENTIONS: dict[str, Normalization] = {n.name: n for n in (TORCHVISION, CAFFE_VGG)}
+CONVENTIONS: dict[str, Normalization] = {n.name: n for n in (TORCHVISION, CAFFE_VGG, SYMMETRIC)}
 
 
 def get(name: str) -> Normalization:

@@ -4,6 +4,9 @@
   ``ssd300_vgg16`` params, such that ``model(x)`` equals torchvision's
   ``model.head(model.backbone(x))`` (flattened as its ``SSDScoringHead`` does) for the same
   normalised input. torchvision's ``num_classes`` counts the background: 21 -> our 20.
+* :func:`from_torchvision_ssdlite_v3`: torchvision ``ssdlite320_mobilenet_v3_large`` state
+  dict -> our ``ssdlite_mobilenetv3`` params and batch-norm statistics (the same network),
+  such that ``model(x)`` equals torchvision's ``model.head(model.backbone(x))``.
 * :func:`from_torchvision_vgg16`: torchvision ImageNet ``vgg16`` state dict -> our VGG16
   backbone as the SSD paper initialises it: conv1_1..conv5_3 copied, fc6/fc7 "reduced"
   (below). The extras, L2Norm scale and heads are not touched (partial tree).
@@ -117,6 +120,84 @@ def reduce_fc7(weight: np.ndarray, bias: np.ndarray) -> tuple[np.ndarray, np.nda
     weight = np.asarray(weight, np.float32)
     w = weight[::4, ::4]
     return np.ascontiguousarray(w.T)[None, None], np.asarray(bias, np.float32)[::4]
+
+
+def _module_indices(sd: Mapping[str, np.ndarray], prefix: str) -> list[int]:
+    """The sorted integer children of module ``prefix`` in a state dict."""
+    n = prefix.count(".") + 1
+    return sorted({int(k.split(".")[n]) for k in sd if k.startswith(prefix + ".") and k.split(".")[n].isdigit()})
+
+
+def from_torchvision_ssdlite_v3(sd: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], int]:
+    """torchvision ``ssdlite320_mobilenet_v3_large`` state dict -> (flat params, flat
+    batch-norm statistics, C) for our ``ssdlite_mobilenetv3`` (width 1).
+
+    torchvision splits the backbone at the expansion of the last stride-2 block
+    (``features.0`` ends with it, ``features.1`` starts with that block's depthwise
+    layer); ours keeps the block whole and taps its expansion. Each inverted residual
+    holds an optional expansion, the depthwise layer, an optional squeeze-excitation and
+    the projection, in that order. Every entry of the state dict must be used.
+    """
+    src = "torchvision ssdlite320_mobilenet_v3_large"
+    params: dict[str, np.ndarray] = {}
+    stats: dict[str, np.ndarray] = {}
+    used: set[str] = set()
+
+    def take(key: str) -> np.ndarray:
+        used.add(key)
+        return np.asarray(_get(sd, key, src), np.float32)
+
+    def conv_bn(ours: str, theirs: str) -> None:  # Conv2dNormActivation: .0 conv, .1 batch norm
+        params[f"{ours}/conv/kernel"] = conv_kernel(take(f"{theirs}.0.weight"))
+        params[f"{ours}/bn/scale"] = take(f"{theirs}.1.weight")
+        params[f"{ours}/bn/bias"] = take(f"{theirs}.1.bias")
+        stats[f"{ours}/bn/mean"] = take(f"{theirs}.1.running_mean")
+        stats[f"{ours}/bn/var"] = take(f"{theirs}.1.running_var")
+        used.add(f"{theirs}.1.num_batches_tracked")
+
+    def block(ours: str, layers: list[str]) -> None:  # an inverted residual's layers, in order
+        convs = [p for p in layers if f"{p}.fc1.weight" not in sd]
+        roles = ("expand", "depthwise", "project") if len(convs) == 3 else ("depthwise", "project")
+        if len(convs) != len(roles):
+            raise ValueError(f"{src}: block {ours} has {len(convs)} convolution layers, expected 2 or 3")
+        for role, p in zip(roles, convs):
+            conv_bn(f"{ours}/{role}", p)
+        for p in layers:
+            if p not in convs:
+                for fc in ("fc1", "fc2"):
+                    params[f"{ours}/se/{fc}/kernel"] = conv_kernel(take(f"{p}.{fc}.weight"))
+                    params[f"{ours}/se/{fc}/bias"] = take(f"{p}.{fc}.bias")
+
+    first, second = _module_indices(sd, "backbone.features.0"), _module_indices(sd, "backbone.features.1")
+    if not first or not second:
+        raise KeyError(f"{src}: no backbone.features.0 / .1 (not an SSDLite MobileNet state dict)")
+    conv_bn("extractor/stem", "backbone.features.0.0")
+    blocks = [[f"backbone.features.0.{i}.block.{j}" for j in _module_indices(sd, f"backbone.features.0.{i}.block")]
+              for i in first[1:-1]]
+    blocks.append([f"backbone.features.0.{first[-1]}"]  # the split block: its expansion, then the rest
+                  + [f"backbone.features.1.0.{j}" for j in _module_indices(sd, "backbone.features.1.0")])
+    blocks += [[f"backbone.features.1.{i}.block.{j}" for j in _module_indices(sd, f"backbone.features.1.{i}.block")]
+               for i in second[1:-1]]
+    for b, layers in enumerate(blocks):
+        block(f"extractor/blocks/{b}", layers)
+    conv_bn("extractor/last", f"backbone.features.1.{second[-1]}")
+    for k in _module_indices(sd, "backbone.extra"):
+        for j, role in enumerate(("reduce", "depthwise", "expand")):
+            conv_bn(f"extractor/extras/{k}/{role}", f"backbone.extra.{k}.{j}")
+    for ours, theirs in (("cls", "classification_head"), ("box", "regression_head")):
+        for k in _module_indices(sd, f"head.{theirs}.module_list"):
+            p = f"head.{theirs}.module_list.{k}"
+            conv_bn(f"head/{ours}/{k}/depthwise", f"{p}.0")
+            params[f"head/{ours}/{k}/pointwise/kernel"] = conv_kernel(take(f"{p}.1.weight"))
+            params[f"head/{ours}/{k}/pointwise/bias"] = take(f"{p}.1.bias")
+    extra = sorted(set(sd) - used)
+    if extra:
+        raise KeyError(f"{src}: unexpected entries {extra[:5]} (another architecture?)")
+    a0 = 6  # boxes per cell on every map of torchvision's SSDLite
+    cls0 = params["head/cls/0/pointwise/bias"].shape[0]
+    if cls0 % a0:
+        raise ValueError(f"{src}: classification head 0 has {cls0} outputs, not a multiple of {a0}")
+    return params, stats, cls0 // a0 - 1
 
 
 def from_torchvision_vgg16(sd: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

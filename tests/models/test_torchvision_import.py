@@ -167,3 +167,87 @@ def test_ssd300_matches_live_torchvision():
     logits, offsets = run(converted_model(flat, num_classes), x)
     assert_close_relative(logits, out["cls_logits"].numpy())
     assert_close_relative(offsets, out["bbox_regression"].numpy())
+
+
+def converted_ssdlite(params, stats, num_classes):
+    """An ssdlite_mobilenetv3 holding exactly the converted params and batch-norm statistics."""
+    model = nnx.eval_shape(lambda: models.build_model("ssdlite_mobilenetv3", num_classes))
+    params_io.assign(model, params, strict=True)
+    params_io.assign(model, stats, variables=nnx.BatchStat, strict=True)
+    return model
+
+
+def run_eval(model, x_nhwc):
+    g, p, s = models.split(model)
+    return jax.jit(lambda p, s, x: models.apply(g, p, s, x, train=False)[0])(p, s, jnp.asarray(x_nhwc))
+
+
+def test_ssdlite_v3_matches_recorded_torchvision_outputs():
+    """The committed fixture: torchvision's ``ssdlite320_mobilenet_v3_large`` (the state
+    dict's layout and its outputs for numpy-generated weights, batch-norm statistics
+    included); we regenerate the weights, convert them and compare."""
+    import json
+
+    sw = _synthetic()
+    ref = np.load(os.path.join(FIXTURES, "torchvision_ssdlite_v3.npz"))
+    assert int(ref["seed"]) == sw.SEED
+    layout = [(name, tuple(shape)) for name, shape in json.loads(str(ref["layout"]))]
+    params, stats, num_classes = ti.from_torchvision_ssdlite_v3(sw.ssdlite_v3_state_dict(layout))
+    assert num_classes == sw.SSDLITE_NUM_CLASSES_TV - 1
+    assert sum(v.size for v in params.values()) == sum(int(np.prod(s)) for n, s in layout
+                                                       if not n.endswith(("running_mean", "running_var", "num_batches_tracked")))
+    logits, offsets = run_eval(converted_ssdlite(params, stats, num_classes), sw.ssdlite_input())
+    assert_close_relative(logits, ref["cls_logits"])
+    assert_close_relative(offsets, ref["bbox_regression"])
+    sd = sw.ssdlite_v3_state_dict(layout)
+    sd["backbone.scale_weight"] = np.ones(512, np.float32)  # an SSD300 entry
+    with pytest.raises(KeyError, match="unexpected entries"):
+        ti.from_torchvision_ssdlite_v3(sd)
+    del sd["backbone.scale_weight"], sd["head.regression_head.module_list.5.1.bias"]
+    with pytest.raises(KeyError, match="has no 'head.regression_head.module_list.5.1.bias'"):
+        ti.from_torchvision_ssdlite_v3(sd)
+
+
+def test_convert_ssdlite_records_its_statistics_and_inputs(tmp_path, monkeypatch, capsys):
+    """``launch.py convert --from torchvision-ssdlite320``: every parameter, the batch-norm
+    statistics, and torchvision's [-1, 1] inputs (``symmetric``) for ``init_from``."""
+    import json
+
+    from ssd_jax.cli import main
+
+    sw = _synthetic()
+    layout = [(n, tuple(s)) for n, s in json.loads(str(np.load(os.path.join(FIXTURES, "torchvision_ssdlite_v3.npz"))["layout"]))]
+    sd = sw.ssdlite_v3_state_dict(layout)
+    monkeypatch.setattr(ti, "read_pth", lambda path: sd)  # reading .pth needs torch
+    assert main(["convert", "--from", "torchvision-ssdlite320", "--checkpoint", "ssdlite.pth",
+                 "--workdir", str(tmp_path)]) == 0
+    assert "symmetric inputs" in capsys.readouterr().out
+    converted = params_io.load_converted(str(tmp_path))
+    assert converted.meta["normalization"] == "symmetric" and converted.meta["model"] == "ssdlite_mobilenetv3"
+    assert converted.meta["num_classes"] == sw.SSDLITE_NUM_CLASSES_TV - 1 and not converted.meta["partial"]
+    np.testing.assert_array_equal(converted.model_state["extractor/stem/bn/var"], sd["backbone.features.0.0.1.running_var"])
+    assert len(converted.params) == 266 and len(converted.model_state) == 140
+
+
+@pytest.mark.slow
+def test_ssdlite_v3_matches_live_torchvision():
+    torch = pytest.importorskip("torch", reason="torch not installed (pip install -e '.[torch]'); the committed fixture covers the mapping")
+    torchvision = pytest.importorskip("torchvision", reason="torchvision not installed (pip install -e '.[torch]')")
+    torch.manual_seed(0)
+    tv = torchvision.models.detection.ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None,
+                                                                     num_classes=21).eval()
+    rng = np.random.default_rng(1)
+    with torch.no_grad():  # batch-norm statistics other than (0, 1), so their mapping counts
+        for name, buf in tv.named_buffers():
+            if name.endswith(("running_mean", "running_var")):
+                low = 0.5 if name.endswith("var") else -0.1
+                buf.copy_(torch.from_numpy(rng.uniform(low, low + 1.0 if low > 0 else 0.2, buf.shape).astype(np.float32)))
+    sd = {k: v.numpy() for k, v in tv.state_dict().items()}
+    params, stats, num_classes = ti.from_torchvision_ssdlite_v3(sd)
+    assert num_classes == 20 and sum(v.size for v in params.values()) == sum(p.numel() for p in tv.parameters())
+    x = rng.standard_normal((2, 320, 320, 3)).astype(np.float32)
+    with torch.no_grad():
+        out = tv.head(list(tv.backbone(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).values()))
+    logits, offsets = run_eval(converted_ssdlite(params, stats, num_classes), x)
+    assert_close_relative(logits, out["cls_logits"].numpy())
+    assert_close_relative(offsets, out["bbox_regression"].numpy())

@@ -31,6 +31,13 @@ def test_caffe_vgg_convention_by_hand():
     assert normalization.CAFFE_VGG.std_pixel == pytest.approx((1.0, 1.0, 1.0))
 
 
+def test_symmetric_convention_by_hand():
+    """torchvision's SSDLite: pixels to [-1, 1]."""
+    out = normalization.SYMMETRIC(np.array([[[0, 255, 51]]], np.uint8))
+    np.testing.assert_allclose(out[0, 0], [-1.0, 1.0, 51 / 127.5 - 1.0], rtol=1e-6)
+    assert normalization.SYMMETRIC.mean_pixel == pytest.approx((127.5, 127.5, 127.5))
+
+
 @pytest.mark.parametrize("name", sorted(normalization.CONVENTIONS))
 def test_host_and_device_give_the_same_values(name):
     """The pipeline normalises with NumPy, device code with jax.numpy: the same values (to
@@ -44,7 +51,7 @@ def test_host_and_device_give_the_same_values(name):
 
 
 def test_names_and_errors():
-    assert NORMALIZATIONS == ("auto", "torchvision", "caffe_vgg")
+    assert NORMALIZATIONS == ("auto", "torchvision", "caffe_vgg", "symmetric")
     assert factory.default_normalization("ssd300_vgg16") == "caffe_vgg"
     assert factory.default_normalization("ssdlite_mobilenetv3") == "torchvision"
     with pytest.raises(ValueError, match="unknown normalisation 'imagenet'"):
