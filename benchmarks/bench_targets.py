@@ -1,6 +1,6 @@
 """Benchmark: SSD targets (vmapped matching) + multibox loss on the CPU.
 
-Case of issue 2: batch 32, SSD300 priors (8732), 21 classes, 5 truth boxes per image.
+The case: batch 32, SSD300 priors (8732), 21 classes, 5 truth boxes per image.
 Prints median milliseconds over repeats after compilation, forward (match + loss) and
 forward+backward (gradient w.r.t. logits and offsets), against the reference: the
 torchvision 0.29 loss path (box_iou + SSDMatcher per image + SSD.compute_loss), measured

@@ -34,7 +34,7 @@ from ssd_jax import host_malloc, run_info, runtime  # noqa: E402 (before JAX sta
 if __name__ == "__main__":  # as launch.py train (ssd_jax/runtime.py)
     runtime.setup_process("train")
 
-#: torchvision 0.29, CPU, 2 threads, this kind of machine (issue 6).
+#: torchvision 0.29, CPU, 2 threads, on this kind of 2-core machine (the recorded reference).
 RECORDED_TORCH_SSD300_B4 = 0.94
 
 TORCH_SCRIPT = r"""
@@ -143,7 +143,7 @@ def main(argv=None) -> None:
         config = case_config(name)
         results[name] = measure(config, args.steps)
         print(f"{name}: {results[name]}", file=sys.stderr, flush=True)
-    ref, source = RECORDED_TORCH_SSD300_B4, "recorded (issue 6)"
+    ref, source = RECORDED_TORCH_SSD300_B4, "recorded"
     if args.torch and os.path.exists(args.torch) and "ssd300" in results:
         r = subprocess.run([args.torch, "-c", TORCH_SCRIPT, str(results["ssd300"]["batch"]), str(min(args.steps, 5))],
                            capture_output=True, text=True, timeout=1800,
