@@ -40,12 +40,35 @@ def build_model(model: ModelConfig, num_classes: int, rngs: nnx.Rngs, *, conv=No
     if conv is None:
         conv = layers.resolve_conv_choices(model.conv_wgrad, model.cpu_kernels)
     if model.name == TINY_NAME:
-        return tiny.build_tiny(num_classes, model.image_size, compute_dtype=dtype, conv=conv, rngs=rngs)
-    width = model.width if model.name in factory.WIDTH_MODELS else 1.0
-    compact = model.name == "ssd_compact"
-    return factory.build_model(model.name, num_classes, image_size=model.image_size, compute_dtype=dtype,
-                               width=width, layout=model.layout, depth=model.depth if compact else 1,
-                               top_down=model.top_down if compact else False, conv=conv, rngs=rngs)
+        net = tiny.build_tiny(num_classes, model.image_size, compute_dtype=dtype, conv=conv, rngs=rngs)
+    else:
+        width = model.width if model.name in factory.WIDTH_MODELS else 1.0
+        compact = model.name == "ssd_compact"
+        net = factory.build_model(model.name, num_classes, image_size=model.image_size, compute_dtype=dtype,
+                                  width=width, layout=model.layout, depth=model.depth if compact else 1,
+                                  top_down=model.top_down if compact else False, conv=conv, rngs=rngs)
+    if model.init == "normal":
+        normal_init(net, model.init_std, rngs)
+    return net
+
+
+def normal_init(net: nnx.Module, std: float, rngs: nnx.Rngs) -> None:
+    """Every convolution kernel of ``net`` drawn anew from N(0, ``std``), every
+    convolution bias set to 0; batch-norm scales and offsets are left as they are
+    (torchvision's ``_normal_init`` of SSDLite trained from scratch)."""
+    import jax
+
+    from ssd_jax.models import params_io
+
+    flat = params_io.flatten(nnx.to_pure_dict(nnx.state(net, nnx.Param)))
+    key = rngs.params()
+    new = {}
+    for i, (path, value) in enumerate(sorted(flat.items())):
+        if path.endswith("/kernel"):
+            new[path] = std * jax.random.normal(jax.random.fold_in(key, i), value.shape, jnp.float32)
+        elif path.endswith("/bias") and not path.endswith("/bn/bias"):
+            new[path] = jnp.zeros(value.shape, jnp.float32)
+    params_io.assign(net, new)
 
 
 def normalization_name(model: ModelConfig) -> str:

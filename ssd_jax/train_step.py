@@ -72,8 +72,11 @@ class OptimConfig(Section):
         ``"cosine"`` (to ``cosine_final_factor * lr`` at ``total_steps``).
       warmup_steps: linear warmup from ``warmup_init_factor * lr`` to ``lr``.
       momentum: SGD momentum (Adam's b1 is left at its default).
-      weight_decay: L2 decay added to the gradient (SGD) or decoupled (AdamW), applied to
-        the kernels only (see :func:`weight_decay_mask`).
+      weight_decay: L2 decay added to the gradient (SGD) or decoupled (AdamW).
+      decay: what weight decay applies to: ``kernels`` (convolution and dense weights only,
+        see :func:`weight_decay_mask`) or ``all`` (every parameter, biases and batch-norm
+        scales too, as torchvision's detection reference does without
+        ``--norm-weight-decay``).
       grad_clip: clip the gradient to this global norm; 0 disables.
     """
 
@@ -90,6 +93,7 @@ class OptimConfig(Section):
     cosine_final_factor: float = 0.0
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    decay: str = "kernels"
     grad_clip: float = 0.0
 
     DERIVED = ("batch_size", "total_steps")
@@ -97,6 +101,8 @@ class OptimConfig(Section):
     def __post_init__(self):
         if self.optimizer not in ("sgd", "adamw"):
             raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
+        if self.decay not in ("kernels", "all"):
+            raise ValueError(f"optim.decay must be 'kernels' or 'all', got {self.decay!r}")
         if self.schedule not in ("step", "cosine"):
             raise ValueError(f"schedule must be 'step' or 'cosine', got {self.schedule!r}")
         if self.lr <= 0 or self.lr_batch_size <= 0 or self.batch_size <= 0:
@@ -162,16 +168,17 @@ def weight_decay_mask(params: Any) -> Any:
 def make_optimizer(cfg: OptimConfig) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """``(optimizer, schedule)``: clip (optional) -> masked weight decay -> SGD/AdamW."""
     schedule = make_schedule(cfg)
+    mask = weight_decay_mask if cfg.decay == "kernels" else None
     parts: list[optax.GradientTransformation] = []
     if cfg.grad_clip > 0:
         parts.append(optax.clip_by_global_norm(cfg.grad_clip))
     if cfg.optimizer == "sgd":
         if cfg.weight_decay > 0:
             # Caffe / PyTorch SGD weight decay: wd * param added to the gradient, before momentum.
-            parts.append(optax.add_decayed_weights(cfg.weight_decay, mask=weight_decay_mask))
+            parts.append(optax.add_decayed_weights(cfg.weight_decay, mask=mask))
         parts.append(optax.sgd(schedule, momentum=cfg.momentum or None))
     else:
-        parts.append(optax.adamw(schedule, weight_decay=cfg.weight_decay, mask=weight_decay_mask))
+        parts.append(optax.adamw(schedule, weight_decay=cfg.weight_decay, mask=mask))
     return optax.chain(*parts), schedule
 
 

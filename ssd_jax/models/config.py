@@ -36,10 +36,15 @@ class ModelConfig(Section):
       cpu_kernels: the C++ depthwise-gradient kernels on the CPU: ``auto`` (used when they
         build, else a warning and pure JAX), ``on`` (a failed build is an error) or ``off``.
       normalization: the input convention of :mod:`ssd_jax.normalization`
-        (``torchvision`` or ``caffe_vgg``), or ``auto``: the one a converted checkpoint
+        (``torchvision``, ``caffe_vgg`` or ``symmetric``), or ``auto``: the one a converted checkpoint
         given as ``init_from`` records, else the network's own
         (:func:`ssd_jax.models.default_normalization`). A run records the convention it
         trained with, so evaluation and prediction use the same.
+      init: how the weights start: ``default`` (each layer's own initialiser, as the
+        papers), or ``normal``: every convolution kernel drawn from N(0, ``init_std``) and
+        every convolution bias 0, batch norm left at (1, 0) (torchvision's SSDLite trained
+        from scratch, ``std=0.03``). ``init_from`` overrides what it loads.
+      init_std: the standard deviation of ``init="normal"``.
     """
 
     name: str = "ssdlite_mobilenetv2"
@@ -52,6 +57,8 @@ class ModelConfig(Section):
     conv_wgrad: str = "auto"
     cpu_kernels: str = "auto"
     normalization: str = "auto"
+    init: str = "default"
+    init_std: float = 0.03
 
     def __post_init__(self):
         if self.name not in _ALL_NAMES:
@@ -72,3 +79,7 @@ class ModelConfig(Section):
             raise ValueError(f"model.cpu_kernels must be 'auto', 'on' or 'off', got {self.cpu_kernels!r}")
         if self.normalization not in NORMALIZATIONS:
             raise ValueError(f"model.normalization must be one of {NORMALIZATIONS}, got {self.normalization!r}")
+        if self.init not in ("default", "normal"):
+            raise ValueError(f"model.init must be 'default' or 'normal', got {self.init!r}")
+        if not self.init_std > 0:
+            raise ValueError(f"model.init_std must be positive, got {self.init_std}")

@@ -8,6 +8,7 @@
   torchvision model (skipped otherwise, with the reason).
 """
 
+import dataclasses
 import importlib.util
 import os
 
@@ -251,3 +252,33 @@ def test_ssdlite_v3_matches_live_torchvision():
     logits, offsets = run_eval(converted_ssdlite(params, stats, num_classes), x)
     assert_close_relative(logits, out["cls_logits"].numpy())
     assert_close_relative(offsets, out["bbox_regression"].numpy())
+
+
+def test_normal_init_and_the_parity_experiment():
+    """``model.init="normal"`` (torchvision's SSDLite from scratch): every convolution kernel
+    N(0, 0.03), every convolution bias 0, batch norm (1, 0); the parity experiment sets it
+    with torchvision's other settings."""
+    from ssd_jax import builders
+    from ssd_jax.config import Settings
+    from experiments.ssdlite_mobilenetv3_parity import get_config
+
+    settings = Settings.from_config(get_config())
+    assert (settings.model.init, settings.model.init_std, settings.model.normalization) == ("normal", 0.03, "symmetric")
+    assert (settings.optim.decay, settings.optim.weight_decay, settings.optim.schedule) == ("all", 4e-5, "cosine")
+    assert settings.augment.crop_min_ious[0] == 0.0 and not settings.augment.photometric and settings.augment.expand_p == 0
+    net = builders.build_model(settings.model, 10, nnx.Rngs(0))
+    flat = params_io.flatten(nnx.to_pure_dict(nnx.state(net, nnx.Param)))
+    kernels = np.concatenate([np.ravel(v) for k, v in flat.items() if k.endswith("/kernel")])
+    assert kernels.size == sum(v.size for k, v in flat.items() if k.endswith("/kernel")) > 2_000_000
+    assert abs(kernels.std() - 0.03) < 3e-4 and abs(kernels.mean()) < 3e-4
+    for path, value in flat.items():
+        if path.endswith("/bias"):
+            assert not np.any(value), path  # conv biases and batch-norm offsets
+        elif path.endswith("bn/scale"):
+            assert np.all(value == 1), path
+    stem = flat["extractor/stem/conv/kernel"]
+    default = builders.build_model(dataclasses.replace(settings.model, init="default"), 10, nnx.Rngs(0))
+    default_stem = params_io.flatten(nnx.to_pure_dict(nnx.state(default, nnx.Param)))["extractor/stem/conv/kernel"]
+    assert not np.allclose(stem, default_stem) and abs(np.std(default_stem) - 0.03) > 0.03  # kaiming, fan_out 144
+    with pytest.raises(ValueError, match="model.init must be 'default' or 'normal'"):
+        dataclasses.replace(settings.model, init="xavier")

@@ -45,6 +45,22 @@ def test_masked_weight_decay_leaves_biases_and_scales_alone():
         np.testing.assert_allclose(u, expected, rtol=1e-6, atol=0, err_msg=path)
 
 
+def test_weight_decay_on_every_parameter():
+    """``optim.decay="all"`` (torchvision's reference without ``--norm-weight-decay``): with
+    a zero gradient one SGD step shrinks every parameter, biases and batch-norm scales too."""
+    state, _, _ = _setup()
+    cfg = train_lib.OptimConfig(lr=1.0, lr_batch_size=1, batch_size=1, weight_decay=0.1, momentum=0.0, decay="all")
+    tx, _ = train_lib.make_optimizer(cfg)
+    updates, _ = tx.update(jax.tree.map(jnp.zeros_like, state.params), tx.init(state.params), state.params)
+    flat_u = params_io.flatten(nnx.to_pure_dict(updates))
+    flat_p = params_io.flatten(nnx.to_pure_dict(state.params))
+    assert any(p.endswith("/bias") for p in flat_u) and any(p.endswith("bn/scale") for p in flat_u)
+    for path, u in flat_u.items():
+        np.testing.assert_allclose(u, -0.1 * np.asarray(flat_p[path]), rtol=1e-6, err_msg=path)
+    with pytest.raises(ValueError, match="optim.decay must be 'kernels' or 'all'"):
+        train_lib.OptimConfig(decay="biases")
+
+
 def test_step_schedule_warmup_and_decays():
     cfg = train_lib.OptimConfig(lr=1e-3, lr_batch_size=32, batch_size=64, warmup_steps=10, decay_steps=(80, 100))
     s = train_lib.make_schedule(cfg)
