@@ -2,8 +2,8 @@
 
 :func:`validate_data` builds the train and eval sources of a ``data`` config as training
 would (the same readers and box policies, so a reader's error is reported as training
-would meet it, but every one of them instead of the first), then decodes every image and gathers what it found into a
-:class:`SourceReport` per split: counts (images, objects, objects per class, difficult or
+would meet it; every one of them, not only the first), then decodes every image and
+gathers what it found into a :class:`SourceReport` per split: counts (images, objects, objects per class, difficult or
 crowd objects, images without objects, boxes clipped to the image or dropped) and the
 problems, each naming its file. ``launch.py validate`` prints the reports.
 
