@@ -13,7 +13,6 @@ from ssd_jax.models import ssd
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("launched_run")  # beside the CLI export test: jax2onnx loads its plugins once per process
 def test_ssd300_vgg16_exports_with_the_jax_detections(tmp_path, assert_same_detections):
     model = models.build_model("ssd300_vgg16", 20, rngs=nnx.Rngs(0))  # synthetic (random) weights
     graphdef, params, state = ssd.split(model)
