@@ -61,13 +61,17 @@ def normal_init(net: nnx.Module, std: float, rngs: nnx.Rngs) -> None:
     from ssd_jax.models import params_io
 
     flat = params_io.flatten(nnx.to_pure_dict(nnx.state(net, nnx.Param)))
-    key = rngs.params()
-    new = {}
-    for i, (path, value) in enumerate(sorted(flat.items())):
-        if path.endswith("/kernel"):
-            new[path] = std * jax.random.normal(jax.random.fold_in(key, i), value.shape, jnp.float32)
-        elif path.endswith("/bias") and not path.endswith("/bn/bias"):
-            new[path] = jnp.zeros(value.shape, jnp.float32)
+    kernels = sorted(p for p in flat if p.endswith("/kernel"))
+    shapes = [flat[p].shape for p in kernels]
+
+    @jax.jit  # one compilation for all the draws
+    def draw(key):
+        return [std * jax.random.normal(jax.random.fold_in(key, i), shape, jnp.float32)
+                for i, shape in enumerate(shapes)]
+
+    new = dict(zip(kernels, draw(rngs.params())))
+    new.update({p: jnp.zeros(v.shape, jnp.float32) for p, v in flat.items()
+                if p.endswith("/bias") and not p.endswith("/bn/bias")})
     params_io.assign(net, new)
 
 
