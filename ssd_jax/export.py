@@ -136,7 +136,8 @@ def export_stablehlo(detector: Callable, image_size: int) -> bytes:
     return bytes(exported.serialize())
 
 
-def _require_onnx():
+def require_onnx() -> None:
+    """An ImportError naming the ``export`` extra when the ONNX packages are missing."""
     try:
         import jax2onnx  # noqa: F401
         import onnx  # noqa: F401
@@ -149,7 +150,7 @@ def _require_onnx():
 def export_onnx(detector: Callable, image_size: int, meta: ExportMeta):
     """The ONNX ``ModelProto`` of ``detector`` (checked with ``onnx.checker``), with
     ``meta`` in its ``metadata_props``."""
-    _require_onnx()
+    require_onnx()
     import contextlib
     import io
     import logging
@@ -226,7 +227,7 @@ class ExportedDetector:
         self.path = path
         self.meta = read_meta(path)
         if self.meta.format == "onnx":
-            _require_onnx()
+            require_onnx()
             import onnxruntime as ort
 
             options = ort.SessionOptions()

@@ -39,3 +39,23 @@ def main(argv: list[str]) -> int:
         return 2
     module = importlib.import_module(f"ssd_jax.cli.{COMMANDS[command][0]}")
     return int(module.main(rest) or 0)
+
+
+def add_checkpoint_arguments(parser) -> None:
+    """``--workdir`` and one of ``--step N`` / ``--best``: the checkpoint a command reads."""
+    parser.add_argument("--workdir", required=True, help="a training run's workdir")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
+    which.add_argument("--best", action="store_true", help="the kept checkpoint with the best recorded mAP")
+
+
+def checkpoint_step(args) -> tuple[int | None, str | None]:
+    """``(step, note)`` of :func:`add_checkpoint_arguments`: with ``--best`` the kept
+    checkpoint with the best complete evaluation of the run's metric and a line saying so."""
+    if not args.best:
+        return args.step, None
+    from ssd_jax import restore
+
+    settings = restore.load_run_settings(args.workdir)
+    step, score = restore.best_step(args.workdir, settings.eval.best_key, settings.eval.metric)
+    return step, f"best kept checkpoint: step {step} (recorded {settings.eval.best_key} {score:.4f})"

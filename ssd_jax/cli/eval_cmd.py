@@ -20,6 +20,8 @@ import json
 import math
 import os
 
+from ssd_jax import cli
+
 
 def format_metrics(metrics: dict[str, float]) -> str:
     """Summary lines first, then one row per class (``AP/<class>`` keys)."""
@@ -37,10 +39,7 @@ def format_metrics(metrics: dict[str, float]) -> str:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="launch.py eval", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", required=True, help="a training run's workdir")
-    which = parser.add_mutually_exclusive_group()
-    which.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
-    which.add_argument("--best", action="store_true", help="the kept checkpoint with the best recorded mAP")
+    cli.add_checkpoint_arguments(parser)
     parser.add_argument("--metric", choices=("voc", "coco"), default=None,
                         help="default: the run's config.eval.metric")
     parser.add_argument("--max-images", type=int, default=0, help="evaluate only the first N images")
@@ -55,12 +54,9 @@ def main(argv: list[str]) -> int:
     from ssd_jax.evaluation import plots
 
     lead = jax.process_index() == 0  # the host that reports and writes
-    step = args.step
-    if args.best:
-        settings = restore.load_run_settings(args.workdir)
-        step, score = restore.best_step(args.workdir, settings.eval.best_key, settings.eval.metric)
-        if lead:
-            print(f"best kept checkpoint: step {step} (recorded {settings.eval.best_key} {score:.4f})")
+    step, note = cli.checkpoint_step(args)
+    if note and lead:
+        print(note)
     run = restore.restore_run(args.workdir, step)
     config, settings, source = run.config, run.settings, run.eval_source
     metric = args.metric or settings.eval.metric

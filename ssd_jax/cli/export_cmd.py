@@ -21,14 +21,11 @@ import time
 
 
 def main(argv: list[str]) -> int:
-    from ssd_jax import export
+    from ssd_jax import cli, export
 
     parser = argparse.ArgumentParser(prog="launch.py export", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", required=True, help="a training run's workdir")
-    which = parser.add_mutually_exclusive_group()
-    which.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
-    which.add_argument("--best", action="store_true", help="the kept checkpoint with the best recorded mAP")
+    cli.add_checkpoint_arguments(parser)
     parser.add_argument("--format", required=True, choices=export.FORMATS)
     parser.add_argument("--output", required=True, help="the exported file (metadata: OUTPUT.json)")
     parser.add_argument("--max-detections", type=int, default=None, help="K (default: the run's eval.max_detections)")
@@ -38,7 +35,7 @@ def main(argv: list[str]) -> int:
 
     if args.format == "onnx":
         try:
-            export._require_onnx()
+            export.require_onnx()
         except ImportError as e:
             print(f"launch.py export: {e}", file=sys.stderr)
             return 1
@@ -47,10 +44,9 @@ def main(argv: list[str]) -> int:
 
     from ssd_jax import builders, restore
 
-    step = args.step
-    if args.best:
-        settings = restore.load_run_settings(args.workdir)
-        step, _ = restore.best_step(args.workdir, settings.eval.best_key, settings.eval.metric)
+    step, note = cli.checkpoint_step(args)
+    if note:
+        print(note)
     run = restore.restore_run(args.workdir, step, with_eval_source=False)
     overrides = {k: v for k, v in (("max_detections", args.max_detections), ("score_threshold", args.score_threshold),
                                    ("nms_iou", args.nms_iou)) if v is not None}

@@ -54,8 +54,7 @@ def _from_exported(path: str) -> tuple[ImageDetector, tuple[str, ...], tuple[int
 
     def detect(image):
         h, w = image.shape[:2]
-        resized, _, _ = transforms.resize(image, np.zeros((0, 4), np.float32), np.zeros((0,), np.int32), size=size)
-        out = detector(resized[None])
+        out = detector(transforms.resize_image(image, size)[None])
         n = int(out["num_detections"][0])
         boxes = out["boxes"][0, :n] * np.array([w, h, w, h])
         return boxes, out["labels"][0, :n], out["scores"][0, :n]

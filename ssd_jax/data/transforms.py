@@ -318,11 +318,15 @@ def resize(
     return image, b, labels
 
 
+def resize_image(image: np.ndarray, size: int) -> np.ndarray:
+    """``[H, W, 3]`` uint8 -> ``[size, size, 3]`` uint8, as :func:`resize` (no boxes)."""
+    return resize(image, np.zeros((0, 4), np.float32), np.zeros((0,), np.int32), size=size)[0]
+
+
 def network_input(image: np.ndarray, size: int, norm: normalization.Normalization) -> np.ndarray:
     """``[H, W, 3]`` uint8 RGB -> ``[size, size, 3]`` float32 network input: the eval
     transform (resize, normalise) for an image without annotations."""
-    resized, _, _ = resize(image, np.zeros((0, 4), np.float32), np.zeros((0,), np.int32), size=size)
-    return norm(resized)
+    return norm(resize_image(image, size))
 
 
 # ---------------------------------------------------------------------------- composition
