@@ -14,6 +14,8 @@ with its ``auto`` modes, resolved when the model is built).
 
 from __future__ import annotations
 
+import functools
+
 from typing import Callable
 
 import jax.numpy as jnp
@@ -65,8 +67,13 @@ def default_normalization(name: str) -> str:
     return _DEFAULT_NORMALIZATION[name]
 
 
+@functools.cache
 def network_feature_sizes(name: str, image_size: int, width: float = 1.0) -> tuple[int, ...]:
-    """Source-map sizes of model ``name`` at a square input (no parameters allocated)."""
+    """Source-map sizes of model ``name`` at a square input (no parameters allocated).
+
+    Cached: the abstract construction traces every initialiser (2-3 s for an SSDLite), and
+    every build of a model with its default priors asks for these sizes.
+    """
     make = _extractor_factory(name, width, "NHWC")
     abstract = nnx.eval_shape(lambda: make(jnp.float32, ConvChoices(), nnx.Rngs(0)))  # shapes only
     return ssd.feature_sizes(abstract.layer_stacks(), image_size)

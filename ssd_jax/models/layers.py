@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from flax.nnx.nn import normalization as _bn_lib  # BatchNorm's own statistics and normalisation
 
 from ssd_jax import xla_flags as xla_flags_lib
 from ssd_jax.kernels import cpu as kernels_cpu
@@ -574,10 +575,38 @@ ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
 }
 
 
-#: flax's ``nnx.BatchNorm.__call__``, called as a function: tools that trace the model
-#: with their own stand-in for the method see flax's primitives instead (jax2onnx's
-#: stand-in leaves channels-last outputs transposed, which breaks the ONNX export).
-_BATCH_NORM_CALL = nnx.BatchNorm.__call__
+def batch_norm(bn: nnx.BatchNorm, x: Array, train: bool) -> Array:
+    """``bn(x, use_running_average=not train)``: flax's ``nnx.BatchNorm.__call__`` step for
+    step (its own statistics and normalisation functions, so the values are the same bits),
+    with two differences in how it is called.
+
+    * The running averages are replaced whole (``variable.set_value(new)``). flax's
+      ``variable[...] = new`` asks the new value for its ``sharding``; on a tracer jax
+      answers with an ``AttributeError`` whose message walks the whole jaxpr traced so far,
+      so tracing a network's train step took time quadratic in its depth (SSDLite-MobileNetV3:
+      10 of 29 s of tracing).
+    * It is a function, not the method: tools that trace the model with their own stand-in
+      for ``nnx.BatchNorm.__call__`` see these primitives instead (jax2onnx's stand-in left
+      channels-last outputs transposed, which broke the ONNX export).
+
+    Args:
+      bn: the module (its ``axis``, ``momentum``, ``epsilon``, ``dtype`` and variables).
+      x: the input, channels on ``bn.axis``.
+      train: normalise with the batch's statistics and update the running averages
+        (``True``), or with the running averages (``False``).
+    """
+    feature_axes = _bn_lib._canonicalize_axes(x.ndim, bn.axis)
+    reduction_axes = tuple(i for i in range(x.ndim) if i not in feature_axes)
+    scale = bn.scale[...] if bn.scale is not None else None
+    bias = bn.bias[...] if bn.bias is not None else None
+    x, mean, var, scale, bias = bn.promote_dtype((x, bn.mean[...], bn.var[...], scale, bias), dtype=bn.dtype)
+    if train:
+        mean, var = _bn_lib._compute_stats(
+            x, reduction_axes, dtype=bn.dtype, axis_name=bn.axis_name,
+            axis_index_groups=bn.axis_index_groups, use_fast_variance=bn.use_fast_variance)
+        bn.mean.set_value(jax.lax.stop_gradient(bn.momentum * bn.mean[...] + (1 - bn.momentum) * mean))
+        bn.var.set_value(jax.lax.stop_gradient(bn.momentum * bn.var[...] + (1 - bn.momentum) * var))
+    return _bn_lib._normalize(x, mean, var, scale, bias, reduction_axes, feature_axes, bn.dtype, bn.epsilon)
 
 
 class ConvBNAct(nnx.Module):
@@ -622,7 +651,7 @@ class ConvBNAct(nnx.Module):
         self.activation = activation or None
 
     def __call__(self, x: Array, train: bool) -> Array:
-        y = _BATCH_NORM_CALL(self.bn, self.conv(x), use_running_average=not train)
+        y = batch_norm(self.bn, self.conv(x), train)
         return ACTIVATIONS[self.activation](y) if self.activation else y
 
     def layer(self, name: str) -> Layer:

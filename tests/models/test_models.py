@@ -356,6 +356,38 @@ def test_vgg_bfloat16_layers_close_to_float32():
     np.testing.assert_allclose(np.asarray(y16, np.float32), y32, atol=0.03 * float(jnp.abs(y32).max()))
 
 
+@pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
+def test_batch_norm_is_flax_batch_norm_to_the_bit(layout):
+    """layers.batch_norm (running averages replaced with set_value) gives flax's
+    nnx.BatchNorm.__call__ bit for bit: outputs and running averages, train and eval, eager
+    and jitted, float32 and bfloat16 compute."""
+    for dtype in (jnp.float32, jnp.bfloat16):
+        def make():
+            bn = nnx.BatchNorm(6, axis=layers.channel_axis(layout), momentum=0.97, epsilon=1e-3,
+                               dtype=dtype, param_dtype=jnp.float32, rngs=nnx.Rngs(0))
+            bn.scale.set_value(jnp.linspace(0.5, 2.0, 6))
+            bn.bias.set_value(jnp.linspace(-1.0, 1.0, 6))
+            bn.mean.set_value(jnp.linspace(-0.2, 0.3, 6))
+            bn.var.set_value(jnp.linspace(0.5, 1.5, 6))
+            return bn
+        x = images(3, 5, seed=1)[..., :1].repeat(6, -1) * jnp.arange(1, 7) + jnp.arange(6)
+        x = x if layout == "NHWC" else x.transpose(0, 3, 1, 2)
+        for train in (True, False):
+            def ours(bn, x):
+                return layers.batch_norm(bn, x, train), bn.mean[...], bn.var[...]
+
+            def flax_(bn, x):
+                return nnx.BatchNorm.__call__(bn, x, use_running_average=not train), bn.mean[...], bn.var[...]
+
+            for wrap in (lambda f: f, nnx.jit):
+                got, want = wrap(ours)(make(), x), wrap(flax_)(make(), x)
+                for a, b in zip(got, want):
+                    assert a.dtype == b.dtype
+                    np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
+            if train:
+                assert not np.array_equal(got[1], make().mean[...])  # the averages moved
+
+
 @SHARED_LIGHT_MODELS
 def test_batch_norm_train_vs_eval(light, light_sgd_step):
     g, p, s = models.split(light)
