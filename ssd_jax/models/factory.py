@@ -15,7 +15,6 @@ with its ``auto`` modes, resolved when the model is built).
 from __future__ import annotations
 
 import functools
-
 from typing import Callable
 
 import jax.numpy as jnp
