@@ -67,15 +67,19 @@ def default_normalization(name: str) -> str:
 
 
 @functools.cache
-def network_feature_sizes(name: str, image_size: int, width: float = 1.0) -> tuple[int, ...]:
-    """Source-map sizes of model ``name`` at a square input (no parameters allocated).
-
-    Cached: the abstract construction traces every initialiser (2-3 s for an SSDLite), and
-    every build of a model with its default priors asks for these sizes.
-    """
+def _layer_stacks(name: str, width: float):
+    """The layer stacks (kernel, stride, padding per layer) of extractor ``name``, from an
+    abstract construction (no parameters allocated). Cached: the construction traces every
+    initialiser (2-3 s for an SSDLite), and every build of a model with its default priors
+    asks for them; they do not depend on the input size."""
     make = _extractor_factory(name, width, "NHWC")
-    abstract = nnx.eval_shape(lambda: make(jnp.float32, ConvChoices(), nnx.Rngs(0)))  # shapes only
-    return ssd.feature_sizes(abstract.layer_stacks(), image_size)
+    stacks = nnx.eval_shape(lambda: make(jnp.float32, ConvChoices(), nnx.Rngs(0))).layer_stacks()
+    return tuple(tuple(stack) for stack in stacks)
+
+
+def network_feature_sizes(name: str, image_size: int, width: float = 1.0) -> tuple[int, ...]:
+    """Source-map sizes of model ``name`` at a square input (no parameters allocated)."""
+    return ssd.feature_sizes(_layer_stacks(name, float(width)), image_size)
 
 
 def ssdlite_prior_spec(image_size: int = 320, width: float = 1.0, name: str = "ssdlite_mobilenetv2") -> anchors.PriorSpec:

@@ -356,36 +356,38 @@ def test_vgg_bfloat16_layers_close_to_float32():
     np.testing.assert_allclose(np.asarray(y16, np.float32), y32, atol=0.03 * float(jnp.abs(y32).max()))
 
 
-@pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
-def test_batch_norm_is_flax_batch_norm_to_the_bit(layout):
+def test_batch_norm_is_flax_batch_norm_to_the_bit():
     """layers.batch_norm (running averages replaced with set_value) gives flax's
-    nnx.BatchNorm.__call__ bit for bit: outputs and running averages, train and eval, eager
-    and jitted, float32 and bfloat16 compute."""
-    for dtype in (jnp.float32, jnp.bfloat16):
-        def make():
-            bn = nnx.BatchNorm(6, axis=layers.channel_axis(layout), momentum=0.97, epsilon=1e-3,
-                               dtype=dtype, param_dtype=jnp.float32, rngs=nnx.Rngs(0))
-            bn.scale.set_value(jnp.linspace(0.5, 2.0, 6))
-            bn.bias.set_value(jnp.linspace(-1.0, 1.0, 6))
-            bn.mean.set_value(jnp.linspace(-0.2, 0.3, 6))
-            bn.var.set_value(jnp.linspace(0.5, 1.5, 6))
-            return bn
-        x = images(3, 5, seed=1)[..., :1].repeat(6, -1) * jnp.arange(1, 7) + jnp.arange(6)
-        x = x if layout == "NHWC" else x.transpose(0, 3, 1, 2)
-        for train in (True, False):
-            def ours(bn, x):
-                return layers.batch_norm(bn, x, train), bn.mean[...], bn.var[...]
+    nnx.BatchNorm.__call__ bit for bit: outputs and running averages, train and eval,
+    jitted (float32 NHWC, bfloat16 NCHW) and eager (float32 NHWC, train)."""
+    def make(layout, dtype):
+        bn = nnx.BatchNorm(6, axis=layers.channel_axis(layout), momentum=0.97, epsilon=1e-3,
+                           dtype=dtype, param_dtype=jnp.float32, rngs=nnx.Rngs(0))
+        bn.scale.set_value(jnp.linspace(0.5, 2.0, 6))
+        bn.bias.set_value(jnp.linspace(-1.0, 1.0, 6))
+        bn.mean.set_value(jnp.linspace(-0.2, 0.3, 6))
+        bn.var.set_value(jnp.linspace(0.5, 1.5, 6))
+        return bn
 
-            def flax_(bn, x):
-                return nnx.BatchNorm.__call__(bn, x, use_running_average=not train), bn.mean[...], bn.var[...]
+    x = images(3, 5, seed=1)[..., :1].repeat(6, -1) * jnp.arange(1, 7) + jnp.arange(6)
+    cases = [("NHWC", jnp.float32, train, nnx.jit) for train in (True, False)]
+    cases += [("NCHW", jnp.bfloat16, train, nnx.jit) for train in (True, False)]
+    cases += [("NHWC", jnp.float32, True, lambda f: f)]
+    for layout, dtype, train, wrap in cases:
+        xl = x if layout == "NHWC" else x.transpose(0, 3, 1, 2)
 
-            for wrap in (lambda f: f, nnx.jit):
-                got, want = wrap(ours)(make(), x), wrap(flax_)(make(), x)
-                for a, b in zip(got, want):
-                    assert a.dtype == b.dtype
-                    np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
-            if train:
-                assert not np.array_equal(got[1], make().mean[...])  # the averages moved
+        def ours(bn, x):
+            return layers.batch_norm(bn, x, train), bn.mean[...], bn.var[...]
+
+        def flax_(bn, x):
+            return nnx.BatchNorm.__call__(bn, x, use_running_average=not train), bn.mean[...], bn.var[...]
+
+        got, want = wrap(ours)(make(layout, dtype), xl), wrap(flax_)(make(layout, dtype), xl)
+        assert got[0].dtype == want[0].dtype == dtype
+        for a, b in zip(got, want):
+            np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
+        moved = not np.array_equal(got[1], make(layout, dtype).mean[...])
+        assert moved == train  # train updates the running averages, eval leaves them
 
 
 @SHARED_LIGHT_MODELS
