@@ -214,7 +214,7 @@ def compare(ours: dict, ref: dict, final_sd: dict) -> dict:
 
     a, b = np.asarray(ours["losses"])[:, 0], np.asarray(ref["losses"])[:, 0]
     rel = np.abs(a - b) / np.abs(b)
-    after = np.abs(running_mean(a)[50 - 19:] - running_mean(b)[50 - 19:]) / running_mean(b)[50 - 19:]
+    after = np.abs(running_mean(a)[50:] - running_mean(b)[50:]) / running_mean(b)[50:]  # windows wholly after step 50
     final, _, _ = ti.from_torchvision_ssdlite_v3(final_sd)
     num = sum(float(np.sum((ours["params"][k] - final[k]) ** 2)) for k in final)
     moved = sum(float(np.sum((final[k] - ours["init"][k]) ** 2)) for k in final)
