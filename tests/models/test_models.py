@@ -19,7 +19,10 @@ from ssd_jax.models import heads, layers, mobilenet, mobilenet_v3, params_io
 from ssd_jax.receptive_field import receptive_fields
 
 
+@functools.cache
 def abstract_model(name, num_classes=20, **kw):
+    """The network's shapes, no parameters allocated; one per argument set for the whole
+    module (the tests only read it; an SSDLite's abstract build traces for seconds)."""
     return nnx.eval_shape(lambda: models.build_model(name, num_classes, **kw))
 
 
