@@ -129,6 +129,12 @@ def write_stream(out_dir: str, steps: int, batch: int, seed: int = 0) -> tuple[s
     return path, source.num_classes
 
 
+def read_stream(stream: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(pixels, boxes, labels)`` of :func:`write_stream`'s files (pixels memory-mapped)."""
+    return (np.load(stream, mmap_mode="r"), np.load(stream.replace("batches.npy", "boxes.npy")),
+            np.load(stream.replace("batches.npy", "labels.npy")))
+
+
 def run_torch(python: str, stream: str, prefix: str, name: str, batch: int, num_classes: int) -> dict:
     o = OPTIMIZERS[name]
     lr = o["lr"] * batch / o["lr_batch"]
@@ -159,9 +165,7 @@ def run_ours(stream: str, init_sd: dict | None, name: str, batch: int, steps: in
         params = params_io.flatten(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
     else:
         params, stats, num_classes = ti.from_torchvision_ssdlite_v3(init_sd)
-        model = nnx.eval_shape(lambda: models.build_model("ssdlite_mobilenetv3", num_classes, conv=conv))
-        params_io.assign(model, params, strict=True)
-        params_io.assign(model, stats, variables=nnx.BatchStat, strict=True)
+        model = ti.ssdlite_v3_model(params, stats, num_classes, conv=conv)
     o = OPTIMIZERS[name]
     cfg = T.OptimConfig(optimizer=name, lr=o["lr"], lr_batch_size=o["lr_batch"], batch_size=batch, schedule="cosine",
                         total_steps=steps, momentum=o.get("momentum", 0.0), weight_decay=o["weight_decay"], decay="all")
@@ -169,8 +173,7 @@ def run_ours(stream: str, init_sd: dict | None, name: str, batch: int, steps: in
     graphdef, state = T.create_train_state(model, tx)
     step = jax.jit(T.make_train_step(graphdef, tx, schedule, jnp.asarray(anchors.generate(model.spec)), T.LossConfig()),
                    donate_argnums=0)
-    d = np.load(stream, mmap_mode="r")
-    boxes, labels = np.load(stream.replace("batches.npy", "boxes.npy")), np.load(stream.replace("batches.npy", "labels.npy"))
+    d, boxes, labels = read_stream(stream)
 
     def batch_at(s):
         return {"image": normalization.SYMMETRIC(d[s]), "boxes": boxes[s], "labels": labels[s]}
@@ -204,7 +207,7 @@ def matching_agreement(stream: str, matched_tv: np.ndarray) -> tuple[int, int]:
 
     priors = jnp.asarray(anchors.generate(factory.default_prior_spec("ssdlite_mobilenetv3", IMAGE_SIZE)))
     match = jax.jit(lambda b, l: matching.match_batch(b, l, priors, 0.5, (0.1, 0.2))[1])
-    boxes, labels = np.load(stream.replace("batches.npy", "boxes.npy")), np.load(stream.replace("batches.npy", "labels.npy"))
+    _, boxes, labels = read_stream(stream)
     differing = sum(int(np.sum(np.asarray(match(boxes[s], labels[s])) != matched_tv[s])) for s in range(len(boxes)))
     return differing, int(np.sum(matched_tv > 0))
 
@@ -256,8 +259,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     names = [n for n in args.optimizers.split(",") if n]
     unknown = sorted(set(names) - set(OPTIMIZERS))
-    if unknown or args.steps < 70 or args.batch < 1:
-        p.error(f"--optimizers from {sorted(OPTIMIZERS)} (got {unknown}), --steps >= 70 (20-step means after step 50), --batch >= 1")
+    if unknown or args.steps < 70 or args.batch < 2:
+        p.error(f"--optimizers from {sorted(OPTIMIZERS)} (got {unknown}), --steps >= 70 (20-step means after step 50), --batch >= 2 (batch norm on the 1x1 maps)")
     os.makedirs(args.out, exist_ok=True)
     python = args.torch
     if python and not shutil.which(python) and not os.path.exists(python):

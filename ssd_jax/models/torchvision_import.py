@@ -200,6 +200,21 @@ def from_torchvision_ssdlite_v3(sd: Mapping[str, np.ndarray]) -> tuple[dict[str,
     return params, stats, cls0 // a0 - 1
 
 
+def ssdlite_v3_model(params: Mapping[str, np.ndarray], stats: Mapping[str, np.ndarray], num_classes: int, *,
+                     conv=None):
+    """Our ``ssdlite_mobilenetv3`` holding exactly ``params`` and batch-norm ``stats`` of
+    :func:`from_torchvision_ssdlite_v3` (built abstractly: no random draw is made and
+    overwritten). ``conv``: the model's :class:`~ssd_jax.models.layers.ConvChoices`."""
+    from flax import nnx
+
+    from ssd_jax.models import factory, params_io
+
+    model = nnx.eval_shape(lambda: factory.build_model("ssdlite_mobilenetv3", num_classes, conv=conv))
+    params_io.assign(model, params, strict=True)
+    params_io.assign(model, stats, variables=nnx.BatchStat, strict=True)
+    return model
+
+
 def from_torchvision_vgg16(sd: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """torchvision ImageNet ``vgg16`` state dict -> flat partial params of the VGG16 extractor.
 

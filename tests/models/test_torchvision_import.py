@@ -170,14 +170,6 @@ def test_ssd300_matches_live_torchvision():
     assert_close_relative(offsets, out["bbox_regression"].numpy())
 
 
-def converted_ssdlite(params, stats, num_classes):
-    """An ssdlite_mobilenetv3 holding exactly the converted params and batch-norm statistics."""
-    model = nnx.eval_shape(lambda: models.build_model("ssdlite_mobilenetv3", num_classes))
-    params_io.assign(model, params, strict=True)
-    params_io.assign(model, stats, variables=nnx.BatchStat, strict=True)
-    return model
-
-
 def run_eval(model, x_nhwc):
     g, p, s = models.split(model)
     return jax.jit(lambda p, s, x: models.apply(g, p, s, x, train=False)[0])(p, s, jnp.asarray(x_nhwc))
@@ -197,7 +189,7 @@ def test_ssdlite_v3_matches_recorded_torchvision_outputs():
     assert num_classes == sw.SSDLITE_NUM_CLASSES_TV - 1
     assert sum(v.size for v in params.values()) == sum(int(np.prod(s)) for n, s in layout
                                                        if not n.endswith(("running_mean", "running_var", "num_batches_tracked")))
-    logits, offsets = run_eval(converted_ssdlite(params, stats, num_classes), sw.ssdlite_input())
+    logits, offsets = run_eval(ti.ssdlite_v3_model(params, stats, num_classes), sw.ssdlite_input())
     assert_close_relative(logits, ref["cls_logits"])
     assert_close_relative(offsets, ref["bbox_regression"])
     sd = sw.ssdlite_v3_state_dict(layout)
@@ -249,7 +241,7 @@ def test_ssdlite_v3_matches_live_torchvision():
     x = rng.standard_normal((2, 320, 320, 3)).astype(np.float32)
     with torch.no_grad():
         out = tv.head(list(tv.backbone(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).values()))
-    logits, offsets = run_eval(converted_ssdlite(params, stats, num_classes), x)
+    logits, offsets = run_eval(ti.ssdlite_v3_model(params, stats, num_classes), x)
     assert_close_relative(logits, out["cls_logits"].numpy())
     assert_close_relative(offsets, out["bbox_regression"].numpy())
 
@@ -297,12 +289,8 @@ def our_ssdlite_step(sd, batch, sw):
     updated parameters and batch-norm statistics, flat in our layout."""
     from ssd_jax import anchors, normalization, train_step as T
 
-    params, stats, num_classes = ti.from_torchvision_ssdlite_v3(sd)
     # grouped depthwise convolutions: the same values as the shifted products, half the compile time
-    model = nnx.eval_shape(lambda: models.build_model("ssdlite_mobilenetv3", num_classes,
-                                                      conv=models.ConvChoices(grouped_depthwise=True)))
-    params_io.assign(model, params, strict=True)
-    params_io.assign(model, stats, variables=nnx.BatchStat, strict=True)
+    model = ti.ssdlite_v3_model(*ti.from_torchvision_ssdlite_v3(sd), conv=models.ConvChoices(grouped_depthwise=True))
     b = len(batch["image"])
     tx, schedule = T.make_optimizer(T.OptimConfig(lr=sw.STEP_LR, lr_batch_size=b, batch_size=b, schedule="step",
                                                   momentum=sw.STEP_MOMENTUM, weight_decay=sw.STEP_WEIGHT_DECAY,
