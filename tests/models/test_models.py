@@ -50,12 +50,6 @@ def lite():
     return models.build_model("ssdlite_mobilenetv2", 3, image_size=96, width=0.5, rngs=nnx.Rngs(0))
 
 
-@pytest.fixture(scope="module", params=["ssdlite_mobilenetv2", "ssdlite_mobilenetv3"])
-def light(request):
-    """Each light model, small: width 0.5, 96x96, 3 object classes."""
-    return models.build_model(request.param, 3, image_size=96, width=0.5, rngs=nnx.Rngs(0))
-
-
 #: The tests that share the light models and their compiled functions run in one worker
 #: process (pytest-xdist), so each is built and compiled once.
 SHARED_LIGHT_MODELS = pytest.mark.xdist_group("light_models")
@@ -70,11 +64,15 @@ def eval_forward(graphdef):
 
 
 @pytest.fixture(scope="module")
-def light_sgd_step(light):
+def lite_sgd_step(lite):
     """``step(params, state, opt_state, x) -> (params, state, opt_state, loss, grads, logits)``:
-    one jitted train-mode forward, backward and SGD (momentum) update of ``light``, with the
-    optimiser state to start from; compiled once per light model and input shape."""
-    g, p, _ = models.split(light)
+    one jitted train-mode forward, backward and SGD (momentum) update of ``lite``, with the
+    optimiser state to start from, compiled once.
+
+    SSDLite-MobileNetV3's train-mode step is checked elsewhere, each compilation once: against
+    torchvision's own step (``test_torchvision_import``) and on 8 devices
+    (``test_cpu_kernels``)."""
+    g, p, _ = models.split(lite)
     opt = optax.sgd(1e-2, momentum=0.9)
 
     @jax.jit
@@ -394,9 +392,9 @@ def test_batch_norm_is_flax_batch_norm_to_the_bit():
 
 
 @SHARED_LIGHT_MODELS
-def test_batch_norm_train_vs_eval(light, light_sgd_step):
-    g, p, s = models.split(light)
-    step, opt_state = light_sgd_step
+def test_batch_norm_train_vs_eval(lite, lite_sgd_step):
+    g, p, s = models.split(lite)
+    step, opt_state = lite_sgd_step
     x = images(2, 96)
     (l_eval, _), s_eval = eval_forward(g)(p, s, x)
     *_, s_train, _, _, _, l_train = step(p, s, opt_state, x)  # train-mode forward, before the update
@@ -419,13 +417,13 @@ def test_batch_norm_train_vs_eval(light, light_sgd_step):
     l_train_one = step(p, s, opt_state, others)[-1]
     assert not np.allclose(l_train_one[0], l_train[0], atol=1e-3)
     # the model object itself was not mutated by the pure apply
-    assert np.array_equal(params_io.flatten(nnx.to_pure_dict(nnx.state(light, nnx.BatchStat)))[k], before[k])
+    assert np.array_equal(params_io.flatten(nnx.to_pure_dict(nnx.state(lite, nnx.BatchStat)))[k], before[k])
 
 
 @SHARED_LIGHT_MODELS
-def test_jitted_forward_backward_sgd_step(light, light_sgd_step):
-    g, p, s = models.split(light)
-    step, opt_state = light_sgd_step
+def test_jitted_forward_backward_sgd_step(lite, lite_sgd_step):
+    g, p, s = models.split(lite)
+    step, opt_state = lite_sgd_step
     x = images(2, 96)
     p2, s2, _, loss, grads, _ = step(p, s, opt_state, x)
     assert np.isfinite(float(loss))
