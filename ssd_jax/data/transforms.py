@@ -25,9 +25,13 @@ Departures from the PyTorch ports, on purpose:
 * a patch is sampled as in Caffe SSD: side scale ``s ~ U(0.3, 1)`` of the image and
   aspect ``a`` (of the patch relative to the image, ``(w/W)/(h/H)``) uniform in
   ``[max(0.5, s^2), min(2, 1/s^2)]`` so the patch always fits;
-* if none of the ``max_trials`` (50) patches satisfies the chosen constraint, the image
-  is returned uncropped (Caffe's behaviour); the ports instead loop until some
-  constraint succeeds, which is unbounded and silently favours the loose constraints;
+* the samplers are Caffe SSD's ``batch_sampler`` list: the whole image, min IoU 0.1,
+  0.3, 0.5, 0.7, 0.9 and an unconstrained patch (min IoU 0: one object centre inside, so
+  the crop keeps an object). Every sampler tries up to ``max_trials`` (50) patches, drawn
+  at once, and the crop is one of the patches found, chosen uniformly (the whole image
+  always counts as found). The ports instead pick one constraint and loop until it
+  succeeds, which is unbounded; picking one and giving up after 50 trials leaves about a
+  third of the crops undone;
 * photometric results are clipped to [0, 255] and saturation to [0, 1] after each step
   (a uint8 image cannot hold anything else);
 * the ports' random channel swap ("lighting noise") is not included.
@@ -45,8 +49,9 @@ from ssd_jax.schema import Section
 
 Arrays = tuple[np.ndarray, np.ndarray, np.ndarray]
 
-#: The crop choices of the SSD paper: ``None`` = keep the whole image.
-SSD_MIN_IOUS: tuple[float | None, ...] = (None, 0.1, 0.3, 0.5, 0.7, 0.9)
+#: The crop samplers of the SSD paper (Caffe's ``batch_sampler``): ``None`` = the whole
+#: image, 0.0 = an unconstrained patch, then the minimum IoUs.
+SSD_MIN_IOUS: tuple[float | None, ...] = (None, 0.0, 0.1, 0.3, 0.5, 0.7, 0.9)
 
 
 # ---------------------------------------------------------------------------- box helpers
@@ -186,6 +191,51 @@ def expand(
     return canvas, shifted.reshape(-1, 4), labels
 
 
+def draw_patches(
+    height: int,
+    width: int,
+    rng: np.random.Generator,
+    count: int,
+    *,
+    min_scale: float = 0.3,
+    max_scale: float = 1.0,
+    min_aspect: float = 0.5,
+    max_aspect: float = 2.0,
+) -> np.ndarray:
+    """``count`` random patches of an image, all drawn at once (a fixed number of draws).
+
+    Side scale ``s ~ U(min_scale, max_scale)``, aspect ``a ~ U(max(min_aspect, s^2),
+    min(max_aspect, 1/s^2))`` (so the patch fits), patch ``round(s sqrt(a) W) x
+    round(s / sqrt(a) H)`` pixels (at least 1) at a uniform integer position.
+
+    Returns:
+      ``[count, 4]`` int64 ``(x0, y0, x1, y1)`` pixel patches inside the image.
+    """
+    u = rng.random((4, count))
+    scale = min_scale + u[0] * (max_scale - min_scale)
+    lo, hi = np.maximum(min_aspect, scale**2), np.minimum(max_aspect, 1.0 / scale**2)
+    aspect = lo + u[1] * (hi - lo)
+    cw = np.clip(np.rint(scale * np.sqrt(aspect) * width), 1, width).astype(np.int64)
+    ch = np.clip(np.rint(scale / np.sqrt(aspect) * height), 1, height).astype(np.int64)
+    x0 = np.minimum((u[2] * (width - cw + 1)).astype(np.int64), width - cw)
+    y0 = np.minimum((u[3] * (height - ch + 1)).astype(np.int64), height - ch)
+    return np.stack([x0, y0, x0 + cw, y0 + ch], axis=1)
+
+
+def patches_satisfy(boxes: np.ndarray, patches: np.ndarray, min_iou: float) -> np.ndarray:
+    """``[N, 4]`` boxes, ``[T, 4]`` patches -> ``[T]`` bool: some box whose centre is
+    strictly inside the patch has IoU >= ``min_iou`` with it (0: a centre inside)."""
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    patches = np.asarray(patches, np.float64).reshape(-1, 4)
+    centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+    inside = (
+        (centres[None, :, 0] > patches[:, None, 0]) & (centres[None, :, 0] < patches[:, None, 2])
+        & (centres[None, :, 1] > patches[:, None, 1]) & (centres[None, :, 1] < patches[:, None, 3])
+    )  # fmt: skip
+    iou = box_iou(patches, boxes)
+    return (inside & (iou >= min_iou)).any(axis=1)
+
+
 def sample_crop_window(
     boxes: np.ndarray,
     height: int,
@@ -199,7 +249,8 @@ def sample_crop_window(
     max_aspect: float = 2.0,
     max_trials: int = 50,
 ) -> np.ndarray | None:
-    """Sample a crop patch satisfying a minimum-IoU constraint.
+    """One sampler: ``max_trials`` patches (:func:`draw_patches`), the first that
+    satisfies the minimum-IoU constraint (:func:`patches_satisfy`).
 
     Args:
       boxes: ``[N, 4]`` pixel boxes (``N >= 1``).
@@ -208,32 +259,15 @@ def sample_crop_window(
         IoU >= ``min_iou`` with it (0 only asks for one centre inside).
       min_scale, max_scale: range of the patch side relative to the image side.
       min_aspect, max_aspect: range of ``(w / W) / (h / H)``.
-      max_trials: patches tried before giving up.
+      max_trials: patches tried.
 
     Returns:
       ``[4]`` int64 ``(x0, y0, x1, y1)`` pixel patch, or ``None`` if no trial succeeded.
     """
-    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
-    centres = (boxes[:, :2] + boxes[:, 2:]) / 2
-    for _ in range(max_trials):
-        scale = rng.uniform(min_scale, max_scale)
-        lo, hi = max(min_aspect, scale**2), min(max_aspect, 1.0 / scale**2)
-        aspect = rng.uniform(lo, hi)
-        cw = int(np.clip(round(scale * np.sqrt(aspect) * width), 1, width))
-        ch = int(np.clip(round(scale / np.sqrt(aspect) * height), 1, height))
-        x0 = int(rng.integers(0, width - cw + 1))
-        y0 = int(rng.integers(0, height - ch + 1))
-        window = np.asarray([x0, y0, x0 + cw, y0 + ch], np.int64)
-        inside = (
-            (centres[:, 0] > window[0]) & (centres[:, 0] < window[2])
-            & (centres[:, 1] > window[1]) & (centres[:, 1] < window[3])
-        )  # fmt: skip
-        if not inside.any():
-            continue
-        if box_iou(boxes[inside], window[None].astype(np.float64)).max() < min_iou:
-            continue
-        return window
-    return None
+    patches = draw_patches(height, width, rng, max_trials, min_scale=min_scale, max_scale=max_scale,
+                           min_aspect=min_aspect, max_aspect=max_aspect)
+    ok = np.flatnonzero(patches_satisfy(boxes, patches, min_iou))
+    return patches[ok[0]] if len(ok) else None
 
 
 def crop(image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, window: np.ndarray) -> Arrays:
@@ -246,6 +280,40 @@ def crop(image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, window: np.nd
     kept = b[inside]
     kept = np.clip(kept, [x0, y0, x0, y0], [x1, y1, x1, y1]) - np.asarray([x0, y0, x0, y0], np.float32)
     return np.ascontiguousarray(image[y0:y1, x0:x1]), kept.astype(np.float32), labels[inside]
+
+
+def choose_crop(
+    boxes: np.ndarray,
+    height: int,
+    width: int,
+    rng: np.random.Generator,
+    *,
+    min_ious: Sequence[float | None] = SSD_MIN_IOUS,
+    **patch_kw,
+) -> tuple[int, np.ndarray | None]:
+    """Run every sampler and choose one of the patches found, uniformly.
+
+    Args:
+      boxes: ``[N, 4]`` pixel boxes (with ``N = 0`` only the whole image is found).
+      min_ious: the samplers: ``None`` is the whole image (always found), a number a
+        minimum-IoU sampler (:func:`sample_crop_window`, ``max_trials`` patches each).
+      patch_kw: ``min_scale``, ``max_scale``, ``min_aspect``, ``max_aspect``, ``max_trials``.
+
+    Returns:
+      ``(sampler index, window)``: the chosen sampler's index in ``min_ious`` and its
+      ``[4]`` int64 patch, ``None`` for the whole image.
+    """
+    found: list[tuple[int, np.ndarray | None]] = []
+    for i, min_iou in enumerate(min_ious):
+        if min_iou is None:
+            found.append((i, None))
+            continue
+        window = sample_crop_window(boxes, height, width, rng, min_iou, **patch_kw)
+        if window is not None:
+            found.append((i, window))
+    if not found:  # no whole-image sampler and every other one failed
+        return -1, None
+    return found[int(rng.integers(len(found)))]
 
 
 def random_crop(
@@ -261,20 +329,18 @@ def random_crop(
     max_aspect: float = 2.0,
     max_trials: int = 50,
 ) -> Arrays:
-    """SSD's min-IoU random crop.
+    """SSD's min-IoU random crop (Caffe's samplers).
 
-    Picks one of ``min_iou`` uniformly (``None``: no crop), samples a patch with
-    :func:`sample_crop_window` and applies :func:`crop`. If no trial satisfies the
-    constraint the input is returned unchanged. Images without boxes pass through.
+    Every sampler of ``min_ious`` tries its patches, one of the patches found is chosen
+    uniformly (:func:`choose_crop`) and applied with :func:`crop`; the whole image
+    (``None``) returns the input unchanged, as does a list of samplers that all failed.
+    Images without boxes pass through (no patch can hold an object centre), after the same
+    draws from ``rng`` as any other image.
     """
-    choice = min_ious[int(rng.integers(len(min_ious)))]
-    if choice is None or len(boxes) == 0:
-        return image, boxes, labels
     h, w = image.shape[:2]
-    window = sample_crop_window(
-        boxes, h, w, rng, choice,
-        min_scale=min_scale, max_scale=max_scale, min_aspect=min_aspect,
-        max_aspect=max_aspect, max_trials=max_trials,
+    _, window = choose_crop(
+        boxes, h, w, rng, min_ious=min_ious, min_scale=min_scale, max_scale=max_scale,
+        min_aspect=min_aspect, max_aspect=max_aspect, max_trials=max_trials,
     )  # fmt: skip
     if window is None:
         return image, boxes, labels
@@ -343,9 +409,10 @@ class AugmentConfig(Section):
         probability ``photometric_p``).
       expand_p, max_expand: zoom out (place the image on a canvas up to ``max_expand``
         times its size, filled with the mean) with probability ``expand_p``.
-      crop: the min-IoU random crop; ``crop_min_ious`` are its minimum-IoU options beside
-        "keep the whole image" (``min_ious``); patches of scale ``min_scale``-``max_scale``
-        and aspect ``min_aspect``-``max_aspect``, ``max_trials`` tries.
+      crop: the min-IoU random crop; ``crop_min_ious`` are its samplers beside "keep the
+        whole image" (``min_ious``), 0 being the unconstrained patch; patches of scale
+        ``min_scale``-``max_scale`` and aspect ``min_aspect``-``max_aspect``, ``max_trials``
+        tries per sampler.
       flip_p: horizontal flip probability.
     """
 

@@ -127,23 +127,54 @@ def test_crop_windows_are_found_and_satisfy_min_iou(min_iou):
     assert found >= 10, f"{found} of 40 windows found at min IoU {min_iou}"
 
 
-def test_random_crop_draws_each_sampler_of_the_paper(monkeypatch):
-    """The default samplers (no crop, min IoU 0.1 ... 0.9) are each drawn, uniformly."""
-    seen = []
-    real = T.sample_crop_window
+def test_random_crop_chooses_uniformly_among_the_samplers_that_found_a_patch():
+    """Caffe's samplers (whole image, unconstrained, min IoU 0.1 ... 0.9), each with up to
+    50 trials; the crop is one of the patches found, uniformly. A box of 90% of the image
+    side lets the first six samplers find one every time: each is chosen about 1/7 of the
+    time (1/6.5 here), and each chosen patch satisfies its own sampler. Min IoU 0.9 needs a
+    patch of 33-40 px square: it finds one in about half the draws, so it is chosen about
+    half as often."""
+    assert T.SSD_MIN_IOUS == (None, 0.0, 0.1, 0.3, 0.5, 0.7, 0.9)
+    boxes = np.array([[2, 2, 38, 38]], np.float32)
+    counts = np.zeros(len(T.SSD_MIN_IOUS), int)
+    for seed in range(1400):
+        i, window = T.choose_crop(boxes, 40, 40, np.random.default_rng(seed))
+        counts[i] += 1
+        if T.SSD_MIN_IOUS[i] is None:
+            assert window is None
+        else:
+            assert T.patches_satisfy(boxes, window[None], T.SSD_MIN_IOUS[i])[0]
+    assert all(170 <= c <= 260 for c in counts[:6]) and 60 <= counts[6] <= 140, counts
 
-    def record(boxes, h, w, rng, min_iou, **kw):
-        seen.append(min_iou)
-        return real(boxes, h, w, rng, min_iou, **kw)
 
-    image = np.zeros((40, 40, 3), np.uint8)
-    boxes, labels = np.array([[5, 5, 30, 30]], np.float32), np.array([1], np.int32)
-    monkeypatch.setattr(T, "sample_crop_window", record)
-    for seed in range(600):
-        T.random_crop(image, boxes, labels, np.random.default_rng(seed))
-    counts = {m: seen.count(m) for m in (0.1, 0.3, 0.5, 0.7, 0.9)}
-    assert set(seen) == set(counts) and all(70 <= c <= 130 for c in counts.values()), counts
-    assert 600 - len(seen) in range(70, 131)  # "no crop": the image passes untouched
+def test_samplers_that_cannot_succeed_are_never_chosen():
+    """A 10x10 box in a 200x200 image: no patch (side >= 42 px) reaches IoU 0.1, so the
+    crop is the whole image or the unconstrained patch, half the time each; the crop
+    keeps the box (its centre is inside)."""
+    boxes, labels = np.array([[95, 95, 105, 105]], np.float32), np.array([1], np.int32)
+    image = np.zeros((200, 200, 3), np.uint8)
+    chosen = [T.choose_crop(boxes, 200, 200, np.random.default_rng(seed))[0] for seed in range(400)]
+    assert set(chosen) == {0, 1} and 160 <= chosen.count(1) <= 240
+    for seed in range(20):
+        out_i, out_b, out_l = T.random_crop(image, boxes, labels, np.random.default_rng(seed))
+        assert len(out_b) == 1 and out_l[0] == 1
+
+
+def test_draw_patches_fixed_draws_and_ranges():
+    """All trials are drawn at once (the generator advances by the same amount whatever the
+    outcome) and every patch lies inside the image with its scale and aspect in range."""
+    rng = np.random.default_rng(3)
+    p = T.draw_patches(80, 120, rng, 5000)
+    assert p.shape == (5000, 4) and p.dtype == np.int64
+    assert (p[:, 0] >= 0).all() and (p[:, 1] >= 0).all() and (p[:, 2] <= 120).all() and (p[:, 3] <= 80).all()
+    w, h = (p[:, 2] - p[:, 0]) / 120, (p[:, 3] - p[:, 1]) / 80
+    scale, aspect = np.sqrt(w * h), w / h
+    assert scale.min() >= 0.3 - 0.02 and scale.max() <= 1.0
+    assert aspect.min() >= 0.5 - 0.05 and aspect.max() <= 2.0 + 0.1
+    a, b = np.random.default_rng(3), np.random.default_rng(3)
+    T.sample_crop_window(np.array([[0, 0, 1, 1]], np.float32), 80, 120, a, 0.9)
+    b.random((4, 50))
+    assert a.random() == b.random()
 
 
 def test_crop_keeps_content_and_centre_rule():

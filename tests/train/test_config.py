@@ -64,7 +64,7 @@ def test_augment_settings_from_the_data_section():
 
     c = base_config()
     assert config_lib.Settings.from_config(c).augment == transforms.AugmentConfig()  # the paper's by default
-    assert transforms.AugmentConfig().min_ious == (None, 0.1, 0.3, 0.5, 0.7, 0.9)
+    assert transforms.AugmentConfig().min_ious == (None, 0.0, 0.1, 0.3, 0.5, 0.7, 0.9)
     c.data.photometric, c.data.expand_p, c.data.max_expand, c.data.crop = False, 0.0, 2.0, False
     c.data.hue, c.data.crop_min_ious, c.data.max_trials = 9.0, (0.5,), 7
     a = config_lib.Settings.from_config(c).augment
