@@ -169,6 +169,7 @@ def train_pipeline_config(settings, image_size: int, batch_size: int) -> pipelin
         image_size=image_size, batch_size=batch_size, max_boxes=d.max_boxes, seed=settings.run.seed,
         num_workers=d.num_workers, use_difficult=d.use_difficult,
         normalization=input_normalization(settings.model), augment=settings.augment,
+        canvas=d.canvas_size if d.augment_on == "device" else 0,
     )
 
 
@@ -207,3 +208,20 @@ def apply_init_from(model: nnx.Module, path: str) -> list[str]:
         set_paths += params_io.assign(model, converted.model_state, variables=nnx.BatchStat)
     logger.info("init_from %s: set %d variables (partial=%s)", path, len(set_paths), converted.meta.get("partial"))
     return set_paths
+
+
+def device_augmented_step(train_step, settings, image_size: int):
+    """``train_step(state, batch)`` fed by canvases (``data.augment_on='device'``): the
+    batch is augmented, resized and normalised on the device first, with keys from (seed,
+    step, image index), so a resumed run draws the same augmentation."""
+    from ssd_jax.data import device_augment, transforms
+
+    config = settings.augment or transforms.AugmentConfig(photometric=False, expand_p=0.0, crop=False, flip_p=0.0)
+    norm = input_normalization(settings.model)
+    seed = settings.run.seed
+
+    def step(state, batch):
+        keys = device_augment.image_keys(seed, state.step, batch["image"].shape[0])
+        return train_step(state, device_augment.augment(keys, batch, config, image_size, norm))
+
+    return step

@@ -191,7 +191,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     graphdef, state = train_lib.create_train_state(model, tx, run.seed)
     priors = anchors.generate(model.spec)
     state = parallel.replicate(state, mesh)
-    step_fn = parallel.jit_train_step(train_lib.make_train_step(graphdef, tx, schedule, priors, settings.loss), mesh, state)
+    step_fn = train_lib.make_train_step(graphdef, tx, schedule, priors, settings.loss)
+    if settings.data.augment_on == "device":
+        step_fn = builders.device_augmented_step(step_fn, settings, model.spec.image_size)
+    step_fn = parallel.jit_train_step(step_fn, mesh, state)
 
     data_iter = iter(pipeline.train_dataset(train_src, builders.train_pipeline_config(settings, model.spec.image_size, local_bs)))
 

@@ -33,7 +33,7 @@ from typing import Any, Sequence
 import grain
 import numpy as np
 
-from ssd_jax.data.images import ImageLoadError, load_image
+from ssd_jax.data.images import ImageLoadError, load_canvas, load_image
 from ssd_jax.data.records import Record, Source
 from ssd_jax.data.transforms import AugmentConfig, resize, ssd_augment
 from ssd_jax.normalization import TORCHVISION, Normalization
@@ -58,6 +58,10 @@ class PipelineConfig:
       augment: the SSD augmentation; ``None`` trains on resized images only.
       strict: raise on an image that fails to load instead of skipping it.
       num_epochs: passes over the data; ``None`` repeats forever.
+      canvas: 0: training batches are finished network inputs (augmented here, on the
+        host). A side ``C`` (a multiple of 8): they are the images in ``[C, C, 3]`` uint8
+        canvases with their sizes and boxes normalised to them, left for
+        :func:`ssd_jax.data.device_augment.augment` (``augment`` is then not used here).
     """
 
     image_size: int = 300
@@ -72,6 +76,7 @@ class PipelineConfig:
     augment: AugmentConfig | None = AugmentConfig()
     strict: bool = False
     num_epochs: int | None = None
+    canvas: int = 0
 
     def __post_init__(self):
         for name in ("image_size", "batch_size", "max_boxes"):
@@ -81,6 +86,8 @@ class PipelineConfig:
             raise ValueError(f"PipelineConfig.seed must be in [0, 2**32), got {self.seed}")
         if self.num_workers < 0 or self.read_threads < 1:
             raise ValueError("PipelineConfig: num_workers must be >= 0 and read_threads >= 1")
+        if self.canvas < 0 or self.canvas % 8:
+            raise ValueError(f"PipelineConfig.canvas must be 0 or a positive multiple of 8, got {self.canvas}")
 
 
 def pad_objects(
@@ -151,13 +158,21 @@ class _TrainLoader:
         record = self._records[record_index]
         rng = np.random.default_rng([c.seed, record_index, epoch])
         try:
-            image = load_image(record)
+            if c.canvas:
+                canvas, size = load_canvas(record, c.canvas, c.canvas)
+            else:
+                image = load_image(record)
         except ImageLoadError as e:
             if c.strict:
                 raise
             return {"ok": False, "error": str(e), "record": record_index}
         keep = np.ones(record.num_objects, bool) if c.use_difficult else ~record.difficult
         boxes, labels = record.boxes[keep], record.labels[keep]
+        if c.canvas:  # the device augments; the boxes are normalised to the image
+            scale = np.asarray([record.width, record.height] * 2, np.float32)
+            boxes, labels, dropped = pad_objects(boxes / scale, labels, c.max_boxes)
+            return {"image": canvas, "size": size, "boxes": boxes, "labels": labels, "ok": True,
+                    "dropped": dropped, "record": record_index}
         if c.augment is not None:
             image, boxes, labels = ssd_augment(
                 image, boxes, labels, rng, c.augment, fill=c.normalization.mean_pixel
@@ -202,7 +217,7 @@ class _Monitor:
                 self.source_name, element["record"], self.max_boxes, element["dropped"],
                 self.dropped_objects,
             )  # fmt: skip
-        return {k: element[k] for k in ("image", "boxes", "labels")}
+        return {k: element[k] for k in ("image", "size", "boxes", "labels") if k in element}
 
 
 def train_dataset(
@@ -223,7 +238,8 @@ def train_dataset(
     Returns:
       A grain ``IterDataset``; ``iter()`` it for a ``DatasetIterator`` with
       ``get_state``/``set_state``. Batches: ``'image'`` [B, S, S, 3] float32,
-      ``'boxes'`` [B, G, 4] float32 normalised xyxy, ``'labels'`` [B, G] int32.
+      ``'boxes'`` [B, G, 4] float32 normalised xyxy, ``'labels'`` [B, G] int32; with
+      ``config.canvas``: ``'image'`` [B, C, C, 3] uint8 canvases, ``'size'`` [B, 2] int32.
       With ``num_workers > 0`` call the iterator's ``close()`` when done (grain's advice:
       it stops the worker processes and frees their shared memory).
     """

@@ -51,6 +51,57 @@ def test_batch_format(train_src):
     assert abs(float(batch["image"].mean())) < 2  # normalised
 
 
+def test_canvas_batches_for_the_device(train_src):
+    """``canvas``: uint8 images at the top left of a fixed canvas, edges repeated, their
+    sizes, and the records' own boxes normalised to them; no augmentation on the host."""
+    import dataclasses
+
+    cfg = dataclasses.replace(CFG, canvas=72)
+    batch = next(iter(train_dataset(train_src, cfg, **HOST)))
+    assert set(batch) == {"image", "size", "boxes", "labels"}
+    assert batch["image"].shape == (4, 72, 72, 3) and batch["image"].dtype == np.uint8
+    order = next(iter(train_dataset(train_src, dataclasses.replace(cfg, augment=None), **HOST)))
+    np.testing.assert_array_equal(order["image"], batch["image"])  # augment is left to the device
+    for image, size, boxes, labels in zip(batch["image"], batch["size"], batch["boxes"], batch["labels"]):
+        rec = next(r for r in train_src.records if (r.height, r.width) == tuple(size)
+                   and np.allclose(r.boxes[:1] / np.array([r.width, r.height] * 2), boxes[:len(r.boxes[:1])], atol=1e-6))
+        h, w = size
+        np.testing.assert_array_equal(image[h:], np.broadcast_to(image[h - 1:h], image[h:].shape))
+        np.testing.assert_array_equal(image[:, w:], np.broadcast_to(image[:, w - 1:w], image[:, w:].shape))
+        n = rec.num_objects
+        np.testing.assert_allclose(boxes[:n], rec.boxes / np.array([w, h, w, h]), atol=1e-6)
+        np.testing.assert_array_equal(labels[:n], rec.labels)
+    with pytest.raises(ValueError, match="multiple of 8"):
+        PipelineConfig(canvas=100)
+
+
+def test_load_canvas_downscales_large_jpegs_with_a_reduced_decode(tmp_path):
+    """A 1000x800 JPEG into a 256 canvas: decoded at a reduced scale, then resized to
+    256x205 (aspect kept): close to a full decode resized; a size that disagrees with the
+    annotation is a clear error."""
+    from PIL import Image
+
+    from ssd_jax.data.images import ImageLoadError, load_canvas
+    from ssd_jax.data.records import Record
+
+    y, x = np.mgrid[0:800, 0:1000]
+    pixels = np.stack([128 + 100 * np.sin(x / 40), 128 + 100 * np.cos(y / 50), (x + y) % 256], -1).astype(np.uint8)
+    path = str(tmp_path / "big.jpg")
+    Image.fromarray(pixels).save(path, quality=95)
+    rec = Record(image_id="big", image_path=path, width=1000, height=800, boxes=np.zeros((0, 4), np.float32),
+                 labels=np.zeros((0,), np.int32), difficult=np.zeros((0,), bool))
+    canvas, size = load_canvas(rec, 256, 256)
+    assert canvas.shape == (256, 256, 3) and tuple(size) == (205, 256)
+    full = np.asarray(Image.open(path).convert("RGB").resize((256, 205), Image.BILINEAR), np.float32)
+    assert np.abs(canvas[:205].astype(np.float32) - full).mean() < 3
+    small, size = load_canvas(rec, 1024, 1024)  # no downscale: the whole image
+    assert tuple(size) == (800, 1000)
+    bad = Record(image_id="big", image_path=path, width=999, height=800, boxes=rec.boxes, labels=rec.labels,
+                 difficult=rec.difficult)
+    with pytest.raises(ImageLoadError, match="differs from the annotation"):
+        load_canvas(bad, 256, 256)
+
+
 def test_same_batches_for_0_and_2_workers_and_exact_resume(train_src):
     """One uninterrupted run at 0 workers is the reference; a 2-worker run and runs
     resumed from saved states (0 and 2 workers) must see exactly its batches."""

@@ -99,7 +99,8 @@ def test_settings_validate_each_section_and_name_the_key():
     for key, value, match in [("model.compute_dtype", "float16", "compute_dtype"), ("data.dataset", "kitti", "dataset"),
                               ("eval.metric", "f1", "metric"), ("optim.optimizer", "lion", "optimizer"),
                               ("loss.variances", (0.1,), "variances"), ("num_steps", 0, "num_steps"),
-                              ("model.conv_wgrad", "fast", "conv_wgrad"), ("data.min_scale", 0.0, "min_scale")]:
+                              ("model.conv_wgrad", "fast", "conv_wgrad"), ("data.min_scale", 0.0, "min_scale"),
+                              ("data.augment_on", "gpu", "augment_on"), ("data.canvas_size", 300, "canvas_size")]:
         c = config_lib.default_config()
         *parents, leaf = key.split(".")
         node = c[parents[0]] if parents else c

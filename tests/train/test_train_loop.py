@@ -1,5 +1,6 @@
 """training_loop + checkpointing: exact resume, NaN guard, SIGTERM, init_from (tiny network)."""
 
+import functools
 import os
 import shutil
 import signal
@@ -27,20 +28,26 @@ def _losses(workdir):
     return {m["step"]: m["loss"] for m in read_metrics(workdir) if "loss" in m}
 
 
-def _resume_config(tiny_config, num_steps, num_workers=0):
+def _resume_config(tiny_config, num_steps, num_workers=0, augment_on="host"):
     # A step schedule (warmup, a drop at step 4 after the restart) does not depend on
     # num_steps, so "stop at 3, then run to 6" is the same run as "run to 6".
+    device = {"data.augment_on": "device", "data.canvas_size": 64, "data.photometric": True, "data.expand_p": 0.5,
+              "data.crop": True} if augment_on == "device" else {}
     return tiny_config(num_steps=num_steps, checkpoint_every=3, **{
         "optim.schedule": "step", "optim.warmup_steps": 2, "optim.decay_steps": (4,),
-        "data.num_workers": num_workers})
+        "data.num_workers": num_workers, **device})
 
 
-@pytest.mark.parametrize("num_workers", [0, pytest.param(2, marks=pytest.mark.slow)])
-def test_resume_continues_exactly(tiny_config, tmp_path, num_workers):
-    straight = training_loop.train_and_evaluate(_resume_config(tiny_config, 6, num_workers), str(tmp_path / "a"))
-    first = training_loop.train_and_evaluate(_resume_config(tiny_config, 3, num_workers), str(tmp_path / "b"))
+@pytest.mark.parametrize("num_workers,augment_on", [(0, "host"), pytest.param(2, "host", marks=pytest.mark.slow),
+                                                    (0, "device")])
+def test_resume_continues_exactly(tiny_config, tmp_path, num_workers, augment_on):
+    """Also with the full SSD augmentation on the device: its keys come from (seed, step,
+    image index), so the restarted run draws what the uninterrupted one drew."""
+    config = functools.partial(_resume_config, tiny_config, num_workers=num_workers, augment_on=augment_on)
+    straight = training_loop.train_and_evaluate(config(6), str(tmp_path / "a"))
+    first = training_loop.train_and_evaluate(config(3), str(tmp_path / "b"))
     assert first["step"] == 3
-    resumed = training_loop.train_and_evaluate(_resume_config(tiny_config, 6, num_workers), str(tmp_path / "b"))
+    resumed = training_loop.train_and_evaluate(config(6), str(tmp_path / "b"))
     assert resumed["step"] == 6
     # Same batches and losses, step by step, and bitwise-equal final parameters and state.
     assert _losses(tmp_path / "a") == _losses(tmp_path / "b")
