@@ -5,9 +5,12 @@ Layout: ``<workdir>/checkpoints/<step>/`` holds two items, ``state`` (the
 iterator position, ``grain.checkpoint.CheckpointSave``), written by one orbax
 ``CheckpointManager`` that keeps the last ``keep`` checkpoints and, with ``keep_best``, also
 the one with the best evaluation metric (saved with :meth:`Checkpointer.save`'s
-``metrics``; orbax records them beside the step). Saves are synchronous: when
-:meth:`Checkpointer.save` returns the checkpoint is complete on disk (orbax writes into a
-temporary folder and renames it, so an interrupted save never looks like a checkpoint).
+``metrics``; orbax records them beside the step). Saves run in the background by default
+(``background=True``): :meth:`Checkpointer.save` returns once the state is copied off the
+devices and the data position taken, and the files are written while training goes on;
+the next save, a restore and :meth:`Checkpointer.close` wait for it. Orbax writes into a
+temporary folder and renames it when complete, so a save interrupted by a crash never
+looks like a checkpoint, and the previous one stays restorable.
 
 :class:`PreemptionFlag` is the SIGTERM handler: it only records the request; the loop
 checks the flag after each step (agreed over all processes of a multi-host run, so every
@@ -38,10 +41,12 @@ class Checkpointer:
       keep_best: also keep the checkpoint with the highest ``metrics[best_metric]`` among
         those saved with metrics (e.g. the evaluation mAP), however old.
       best_metric: the key of ``metrics`` that ranks checkpoints (higher is better).
+      background: write the files in a background thread (False: :meth:`save` returns when
+        the checkpoint is complete on disk).
     """
 
     def __init__(self, directory: str, save_every: int, keep: int | None = 3, *,
-                 keep_best: bool = False, best_metric: str = "mAP"):
+                 keep_best: bool = False, best_metric: str = "mAP", background: bool = True):
         if save_every < 1:
             raise ValueError(f"save_every must be >= 1, got {save_every}")
         self.directory = os.path.abspath(directory)
@@ -56,20 +61,22 @@ class Checkpointer:
                          keep_checkpoints_without_metrics=False),
             ])
             options = ocp.CheckpointManagerOptions(
-                save_interval_steps=1, enable_async_checkpointing=False, create=True,
+                save_interval_steps=1, enable_async_checkpointing=background, create=True,
                 preservation_policy=policy,
             )
         else:
             options = ocp.CheckpointManagerOptions(
-                max_to_keep=keep, save_interval_steps=1, enable_async_checkpointing=False, create=True
+                max_to_keep=keep, save_interval_steps=1, enable_async_checkpointing=background, create=True
             )
         self._manager = ocp.CheckpointManager(self.directory, options=options)
 
     def latest_step(self) -> int | None:
-        """The newest complete checkpoint's step, or None."""
+        """The newest complete checkpoint's step, or None (after a background save ends)."""
+        self._manager.wait_until_finished()
         return self._manager.latest_step()
 
     def all_steps(self) -> list[int]:
+        self._manager.wait_until_finished()
         return sorted(self._manager.all_steps())
 
     def should_save(self, step: int) -> bool:
@@ -83,7 +90,7 @@ class Checkpointer:
         positioned after the batches consumed so far (or None to save no data position);
         ``metrics``: evaluation results of this state (ranks it for ``keep_best``).
         """
-        if not (force or self.should_save(step)) or step in self._manager.all_steps():
+        if not (force or self.should_save(step)) or step in self.all_steps():
             return False
         items = {"state": ocp.args.StandardSave(state)}
         if data_iterator is not None:
@@ -91,14 +98,18 @@ class Checkpointer:
         if metrics is not None:
             metrics = {k: float(v) for k, v in metrics.items() if k == self.best_metric}
         self._manager.save(step, args=ocp.args.Composite(**items), force=True, metrics=metrics or None)
-        self._manager.wait_until_finished()
-        logger.info("saved checkpoint %d in %s", step, self.directory)
+        logger.info("saving checkpoint %d in %s", step, self.directory)
         return True
+
+    def wait(self) -> None:
+        """Block until the background save (if any) is complete on disk."""
+        self._manager.wait_until_finished()
 
     def restore(self, step: int | None, state_template: Any, data_iterator: Any) -> Any:
         """Restore checkpoint ``step`` (default: the latest) into the shapes, dtypes and
         shardings of ``state_template``, and set ``data_iterator``'s position in place.
         Returns the restored state."""
+        self._manager.wait_until_finished()
         step = self.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")

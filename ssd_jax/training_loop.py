@@ -23,6 +23,7 @@ picture of the predictions on the first validation images to
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -60,6 +61,18 @@ class NonFiniteLossError(RuntimeError):
             f"The latest checkpoint (step {last_checkpoint}) was written before this and is intact; "
             f"lower optim.lr or set optim.grad_clip, then rerun on the same workdir to resume from it."
         )
+
+
+class _Position:
+    """A data iterator's position taken earlier, saved as grain saves the iterator's own
+    (grain's checkpoint handler writes ``get_state()`` of an object that is not a
+    ``DatasetIterator`` as the bytes it returns; the restore reads it back as JSON)."""
+
+    def __init__(self, state: dict):
+        self._state = json.dumps(state).encode()
+
+    def get_state(self) -> bytes:
+        return self._state
 
 
 @jax.jit
@@ -267,12 +280,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                 echo(f"step {step}: predictions on {run.eval_draw_images} val images -> {path}")
         return result
 
+    def fetch():
+        """The next batch, placed on the devices, and the data position before it."""
+        position = _Position(data_iter.get_state())
+        return position, parallel.global_batch(next(data_iter), mesh, global_bs)
+
+    # One batch ahead: the next batch is read and copied to the devices while the step runs.
+    # Checkpoints record the position before that batch, so a resumed run reads it again.
+    pending = fetch() if step < num_steps else None
     try:
         while step < num_steps:
-            host_batch = next(data_iter)
-            batch = parallel.global_batch(host_batch, mesh, global_bs)
-            state, metrics = step_fn(state, batch)
+            _, batch = pending
+            state, metrics = step_fn(state, batch)  # dispatched; runs while the next batch is fetched
             step += 1
+            pending = fetch() if step < num_steps else None
+            position = pending[0] if pending is not None else data_iter
             acc = train_lib.merge_train_metrics(acc, metrics)
             guard = {k: float(v) for k, v in jax.device_get({"loss": metrics["loss"], "grad_norm": metrics["grad_norm"]}).items()}
             if not (math.isfinite(guard["loss"]) and math.isfinite(guard["grad_norm"])):
@@ -300,14 +322,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                     raise NonFiniteLossError(step, {**guard, "params_finite": 0.0}, ckpt.latest_step())
                 # Evaluated states are always saved, with their metrics, so the best can be kept.
                 with report.timed("checkpoint", wait_jax_async_dispatch=False):
-                    ckpt.save(step, state, data_iter, force=evaluated is not None or final, metrics=evaluated)
+                    ckpt.save(step, state, position, force=evaluated is not None or final, metrics=evaluated)
             if stop:
                 who = f"signal {preempt.signum}" if preempt.requested else "a signal to another host"
                 echo(f"stopped by {who} at step {step}; checkpoint saved, rerun on {workdir} to resume")
                 preempted = True
                 break
         if not preempted:
-            ckpt.save(step, state, data_iter, force=True)  # a no-op when the loop saved this step
+            ckpt.save(step, state, pending[0] if pending is not None else data_iter, force=True)  # no-op if saved
             if evaluator is not None and run.eval_at_end and step >= num_steps and last_eval_step != step:
                 last_eval = run_eval(step)
         elapsed = time.perf_counter() - t_start

@@ -189,6 +189,35 @@ def test_divergence_never_reaches_a_checkpoint(tiny_config, tmp_path):
     ckpt.close()
 
 
+_KILLED_DURING_SAVE = """
+import os, signal, sys
+import numpy as np
+from ssd_jax import checkpointing
+ckpt = checkpointing.Checkpointer(sys.argv[1], 1)
+ckpt.save(1, {"w": np.full((4,), 1.0, np.float32)}, None)
+ckpt.wait()
+big = {"w": np.full((4,), 2.0, np.float32), "big": np.ones((32, 1024, 1024), np.float32)}  # 128 MiB
+ckpt.save(2, big, None)  # returns before the files are written
+print("IN_FLIGHT", not os.path.isdir(os.path.join(sys.argv[1], "2")), flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_sigkill_during_a_background_save_leaves_the_previous_checkpoint(tmp_path, run_python):
+    """Saves run in the background; a process killed while one is being written leaves no
+    step 2 that looks complete, and step 1 restores."""
+    script = tmp_path / "kill.py"
+    script.write_text(_KILLED_DURING_SAVE)
+    proc = run_python([script, tmp_path / "checkpoints"], timeout=120)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    assert "IN_FLIGHT True" in proc.stdout  # the save had not finished when the process died
+    ckpt = checkpointing.Checkpointer(str(tmp_path / "checkpoints"), 1)
+    assert ckpt.latest_step() == 1 and ckpt.all_steps() == [1]
+    restored = ckpt.restore(None, {"w": np.zeros((4,), np.float32)}, None)
+    np.testing.assert_array_equal(restored["w"], np.ones(4, np.float32))
+    ckpt.close()
+
+
 def test_weights_finite_check_used_before_saves():
     ok = {"a": np.ones((2, 3), np.float32), "b": [np.zeros(4, np.float32)]}
     assert bool(training_loop._all_finite(ok))
