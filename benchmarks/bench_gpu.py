@@ -114,8 +114,10 @@ def _random_batch(batch: int, size: int, boxes: int = 8, seed: int = 0):
 
 
 def jax_train_case(model_name: str, batch: int, dtype: str, steps: int, seconds: float, *, image_size=None,
-                   source_iter=None, lower_only: bool = False, wgrad: str = "auto") -> dict:
-    """The project's train step (match + multibox loss + SGD) on one device."""
+                   source_iter=None, lower_only: bool = False, wgrad: str = "auto", canvas: int = 0) -> dict:
+    """The project's train step (match + multibox loss + SGD) on one device. ``canvas``:
+    batches of uint8 canvases (``data.augment_on='device'``), the full SSD augmentation
+    compiled into the step; from memory, one fixed canvas batch."""
     import jax
     import jax.numpy as jnp
     from flax import nnx
@@ -133,17 +135,36 @@ def jax_train_case(model_name: str, batch: int, dtype: str, steps: int, seconds:
     graphdef, state = train_lib.create_train_state(model, tx)
     mesh = parallel.make_mesh()
     state = parallel.replicate(state, mesh)
-    step_fn = parallel.jit_train_step(
-        train_lib.make_train_step(graphdef, tx, schedule, anchors.generate(model.spec)), mesh, state)
+    inner = train_lib.make_train_step(graphdef, tx, schedule, anchors.generate(model.spec))
+    keys = ("image", "boxes", "labels")
+    if canvas:
+        from ssd_jax import normalization
+        from ssd_jax.data import device_augment, transforms
+
+        keys += ("size",)
+
+        def train_step(state, b):
+            k = device_augment.image_keys(0, state.step, b["image"].shape[0])
+            return inner(state, device_augment.augment(k, b, transforms.AugmentConfig(), size, normalization.TORCHVISION))
+    else:
+        train_step = inner
+    step_fn = parallel.jit_train_step(train_step, mesh, state)
     if source_iter is None:
-        batch_dev = parallel.global_batch(_random_batch(batch, size), mesh, batch)
+        host = _random_batch(batch, size)
+        if canvas:
+            import numpy as np
+
+            rng = np.random.default_rng(1)
+            host["image"] = rng.integers(0, 256, (batch, canvas, canvas, 3), dtype=np.uint8)
+            host["size"] = np.tile(np.asarray([375, 500], np.int32), (batch, 1))
+        batch_dev = parallel.global_batch(host, mesh, batch)
 
         def next_batch():
             return batch_dev
     else:
         def next_batch():
             host = next(source_iter)
-            return parallel.global_batch({k: host[k] for k in ("image", "boxes", "labels")}, mesh, batch)
+            return parallel.global_batch({k: host[k] for k in keys}, mesh, batch)
 
     t0 = time.perf_counter()
     lowered = step_fn.lower(state, next_batch())
@@ -169,7 +190,8 @@ def jax_train_case(model_name: str, batch: int, dtype: str, steps: int, seconds:
            "imgs_per_s": batch / step_s, "step_ms": step_s * 1e3, "steps_timed": n, "compile_s": compile_s,
            "flops_per_step": flops, "tflops_per_s": flops / step_s / 1e12, "mfu_bf16_peak": flops / step_s / peak,
            "loss_finite": bool(final_loss == final_loss and abs(final_loss) != float("inf")),
-           "data": "memory" if source_iter is None else "grain pipeline"}
+           "data": "memory" if source_iter is None else "grain pipeline",
+           "augment_on": "device" if canvas else ("host" if source_iter is not None else "none")}
     del holder, state, compiled
     return out
 
@@ -237,6 +259,11 @@ def cmd_jax(args) -> None:
         plan += [("train", "ssd300_vgg16", n, "f32") for n in b]
     if "e2e" in args.parts:
         plan += [("e2e", "ssd300_vgg16", b[0], "bf16")]
+    if "files" in args.parts:  # from files, both augmentation modes, built-in and VOC-size JPEGs
+        plan += [(f"files-{where}-{files}", "ssd300_vgg16", n, "bf16") for files in ("builtin", "voc")
+                 for where in ("device", "host") for n in b]
+    if "augcost" in args.parts:  # the device augmentation inside the step, batches in memory
+        plan += [("augcost", "ssd300_vgg16", n, "bf16") for n in b]
     if "ssdlite" in args.parts and not tiny:
         plan += [("ssdlite", "ssdlite_mobilenetv2", 64, "bf16")]
     if "infer" in args.parts:
@@ -255,6 +282,12 @@ def cmd_jax(args) -> None:
                 row["kind"] = "train, shifted-matmul wgrad"
             elif part == "e2e":
                 row = _e2e_case(model_name, batch, dtype, steps, seconds, args)
+            elif part.startswith("files-"):
+                _, where, files = part.split("-")
+                row = _e2e_case(model_name, batch, dtype, steps, seconds, args, canvas=args.canvas if where == "device" else 0,
+                                voc=files == "voc")
+            elif part == "augcost":
+                row = jax_train_case(model_name, batch, dtype, steps, seconds, canvas=args.canvas)
             else:
                 row = jax_infer_case(model_name, batch, dtype, steps, seconds, with_detect=part == "predict")
         except Exception as e:  # noqa: BLE001 - record and go on to the next case
@@ -266,19 +299,37 @@ def cmd_jax(args) -> None:
         gc.collect()
 
 
-def _e2e_case(model_name, batch, dtype, steps, seconds, args) -> dict:
+_VOC_FILES: dict = {}
+
+
+def _e2e_case(model_name, batch, dtype, steps, seconds, args, canvas: int = 0, voc: bool = False,
+              image_size: int = 300) -> dict:
+    """The step fed by the grain pipeline from files: the built-in set, or VOC-size JPEGs
+    (500x375) written once on this machine from it (``bench_data.voc_size_source``)."""
+    import tempfile
+
     from ssd_jax.data.builtin import BuiltinSpec, builtin_source
     from ssd_jax.data.pipeline import PipelineConfig, train_dataset
 
     spec = BuiltinSpec(num_train=64, num_val=8) if args.tiny else BuiltinSpec()
     source = builtin_source("train", spec, args.cache_dir, workers=args.workers, progress=False)
-    cfg = PipelineConfig(image_size=300, batch_size=batch, max_boxes=16, num_workers=args.workers, seed=0)
+    if voc:
+        if "source" not in _VOC_FILES:
+            from bench_data import voc_size_source
+
+            folder = tempfile.mkdtemp(prefix="ssd_jax_voc_size_")
+            _VOC_FILES["source"] = voc_size_source(source, folder, min(len(source), 64 if args.tiny else 2000))
+        source = _VOC_FILES["source"]
+    cfg = PipelineConfig(image_size=image_size, batch_size=batch, max_boxes=16, num_workers=args.workers, seed=0,
+                         canvas=canvas)
     it = iter(train_dataset(source, cfg, process_index=0, process_count=1))
     try:
-        row = jax_train_case(model_name, batch, dtype, steps, seconds, source_iter=it)
+        row = jax_train_case(model_name, batch, dtype, steps, seconds, source_iter=it, canvas=canvas,
+                             image_size=image_size)
     finally:
         it.close()
     row["workers"] = args.workers
+    row["files"] = "VOC-size 500x375 JPEG" if voc else "built-in"
     return row
 
 
@@ -447,7 +498,9 @@ def cmd_table(args) -> None:
         same = r["model"] == "ssd300_vgg16" and r.get("data") == "memory"
         ref = torch_ref.get((r["kind"], r["batch"], r["dtype"])) if same else None
         ratio = r["imgs_per_s"] / ref if ref else None
-        print(f"| {r['kind']}{' (' + r['data'] + ')' if r.get('data') != 'memory' else ''} | {r['model']} | "
+        where = ", ".join(x for x in (r.get("data") if r.get("data") != "memory" else None, r.get("files"),
+                                      "device augmentation" if r.get("augment_on") == "device" else None) if x)
+        print(f"| {r['kind']}{' (' + where + ')' if where else ''} | {r['model']} | "
               f"{r['batch']} | {r['dtype']} | {_fmt(r['imgs_per_s'])} | {_fmt(r['step_ms'])} | {_fmt(r['compile_s'])} | "
               f"{_fmt(r['tflops_per_s'])} | {_fmt(r['mfu_bf16_peak'] * 100, '.1f')}% | {_fmt(ref)} | {_fmt(ratio, '.2f')} |")
     if tv:
@@ -483,7 +536,8 @@ def main(argv=None) -> None:
         p.add_argument("--workers", type=int, default=16)
         p.add_argument("--batches", type=int, default=60)
         p.add_argument("--cache-dir", default=None)
-        p.add_argument("--parts", default="train,infer,ssdlite,wgrad,e2e")
+        p.add_argument("--parts", default="train,infer,ssdlite,wgrad,e2e,files,augcost")
+        p.add_argument("--canvas", type=int, default=512, help="canvas side of the device-augmentation rows")
     p = sub.add_parser("hloflops")
     p.add_argument("--into", required=True)
     p = sub.add_parser("table")
