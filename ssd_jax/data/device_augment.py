@@ -31,6 +31,7 @@ from typing import NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 
+from ssd_jax.data import transforms
 from ssd_jax.data.transforms import AugmentConfig
 
 #: Mip levels of the canvas (1, 1/2, 1/4, 1/8): enough for a 4x zoom-out of an image twice
@@ -198,41 +199,16 @@ def sample_params(key: jax.Array, boxes: jax.Array, labels: jax.Array, config: A
 # ----------------------------------------------------------------------------- pixels
 
 
-def rgb_to_hsv(rgb: jax.Array) -> jax.Array:
-    """``[..., 3]`` RGB 0..255 -> HSV (H degrees [0, 360), S [0, 1], V 0..255), as the host's."""
-    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
-    maxc = jnp.maximum(jnp.maximum(r, g), b)
-    delta = maxc - jnp.minimum(jnp.minimum(r, g), b)
-    safe = jnp.where(delta > 0, delta, 1.0)
-    h = jnp.where(maxc == g, (b - r) / safe + 2, (r - g) / safe + 4)
-    h = jnp.where(maxc == r, jnp.mod((g - b) / safe, 6), h)
-    h = jnp.where(delta > 0, h * 60, 0.0)
-    s = delta / jnp.where(maxc > 0, maxc, 1.0)
-    return jnp.stack([h, s, maxc], -1)
-
-
-def hsv_to_rgb(hsv: jax.Array) -> jax.Array:
-    """Inverse of :func:`rgb_to_hsv`."""
-    h6 = hsv[..., 0] / 60.0
-    vs = hsv[..., 2] * hsv[..., 1]
-    out = []
-    for n in (5, 3, 1):
-        k = h6 + n
-        k = jnp.where(k >= 6, k - 6, k)
-        out.append(hsv[..., 2] - vs * jnp.clip(jnp.minimum(k, 4 - k), 0, 1))
-    return jnp.stack(out, -1)
-
-
 def photometric(x: jax.Array, params: Params) -> jax.Array:
     """SSD's photometric distortion of ``[..., 3]`` RGB 0..255 (float), clipped after each
     step as the host's: brightness, then contrast before or after saturation and hue."""
     x = jnp.clip(x + params.brightness, 0, 255)
     x = jnp.where(params.contrast_first, jnp.clip(x * params.contrast, 0, 255), x)
-    hsv = rgb_to_hsv(x)
+    hsv = transforms.rgb_to_hsv(x, xp=jnp)
     hsv = jnp.stack([jnp.mod(hsv[..., 0] + params.hue, 360.0), jnp.clip(hsv[..., 1] * params.saturation, 0, 1),
                      hsv[..., 2]], -1)
     changed = (params.saturation != 1) | (params.hue != 0)
-    x = jnp.where(changed, jnp.clip(hsv_to_rgb(hsv), 0, 255), x)
+    x = jnp.where(changed, jnp.clip(transforms.hsv_to_rgb(hsv, xp=jnp), 0, 255), x)
     return jnp.where(params.contrast_first, x, jnp.clip(x * params.contrast, 0, 255))
 
 

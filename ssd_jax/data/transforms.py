@@ -91,31 +91,32 @@ def flip_boxes(boxes: np.ndarray, width: float) -> np.ndarray:
 # ---------------------------------------------------------------------------- colour
 
 
-def rgb_to_hsv(rgb: np.ndarray) -> np.ndarray:
-    """``[..., 3]`` float RGB (0..255) -> HSV: H in degrees [0, 360), S in [0, 1], V 0..255."""
-    rgb = np.asarray(rgb, np.float32)
+def rgb_to_hsv(rgb, xp=np):
+    """``[..., 3]`` float RGB (0..255) -> HSV: H in degrees [0, 360), S in [0, 1], V 0..255.
+    ``xp``: ``numpy`` or ``jax.numpy`` (the device augmentation uses the same function)."""
+    rgb = xp.asarray(rgb, xp.float32)
     r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
-    maxc = np.maximum(np.maximum(r, g), b)  # elementwise: much faster than max(axis=-1)
-    delta = maxc - np.minimum(np.minimum(r, g), b)
-    safe = np.where(delta > 0, delta, np.float32(1))
-    h = np.where(maxc == g, (b - r) / safe + 2, (r - g) / safe + 4)
-    h = np.where(maxc == r, ((g - b) / safe) % 6, h)
-    h = np.where(delta > 0, h * 60, 0)
-    s = delta / np.where(maxc > 0, maxc, np.float32(1))
-    return np.stack([h, s, maxc], axis=-1).astype(np.float32, copy=False)
+    maxc = xp.maximum(xp.maximum(r, g), b)  # elementwise: much faster than max(axis=-1)
+    delta = maxc - xp.minimum(xp.minimum(r, g), b)
+    safe = xp.where(delta > 0, delta, xp.float32(1))
+    h = xp.where(maxc == g, (b - r) / safe + 2, (r - g) / safe + 4)
+    h = xp.where(maxc == r, ((g - b) / safe) % 6, h)
+    h = xp.where(delta > 0, h * 60, 0)
+    s = delta / xp.where(maxc > 0, maxc, xp.float32(1))
+    return xp.stack([h, s, maxc], axis=-1).astype(xp.float32)
 
 
-def hsv_to_rgb(hsv: np.ndarray) -> np.ndarray:
+def hsv_to_rgb(hsv, xp=np):
     """Inverse of :func:`rgb_to_hsv`."""
-    hsv = np.asarray(hsv, np.float32)
-    h6 = hsv[..., 0] / np.float32(60)  # in [0, 6)
+    hsv = xp.asarray(hsv, xp.float32)
+    h6 = hsv[..., 0] / xp.float32(60)  # in [0, 6)
     vs = hsv[..., 2] * hsv[..., 1]
-    out = np.empty(hsv.shape, np.float32)
-    for channel, n in enumerate((5, 3, 1)):  # R, G, B: v - v*s*clip(min(k, 4 - k), 0, 1)
-        k = h6 + np.float32(n)
-        k = np.where(k >= 6, k - 6, k)
-        out[..., channel] = hsv[..., 2] - vs * np.maximum(np.minimum(np.minimum(k, 4 - k), 1), 0)
-    return out
+    out = []
+    for n in (5, 3, 1):  # R, G, B: v - v*s*clip(min(k, 4 - k), 0, 1)
+        k = h6 + xp.float32(n)
+        k = xp.where(k >= 6, k - 6, k)
+        out.append(hsv[..., 2] - vs * xp.maximum(xp.minimum(xp.minimum(k, 4 - k), 1), 0))
+    return xp.stack(out, axis=-1)
 
 
 def photometric_distort(
