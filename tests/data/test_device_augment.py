@@ -202,3 +202,44 @@ def test_image_keys_depend_on_seed_step_and_index():
     np.testing.assert_array_equal(k(0, 3, 4)[2:], k(0, 3, 2, 2))  # image 2 of the batch is image 2 of any split
     assert not np.array_equal(k(0, 3, 4), k(0, 4, 4)) and not np.array_equal(k(0, 3, 4), k(1, 3, 4))
     assert len({tuple(r) for r in k(0, 3, 4)}) == 4
+
+
+SHARDED = """
+import functools
+import jax, numpy as np
+from ssd_jax import normalization, parallel
+from ssd_jax.data import device_augment as D, transforms as T
+assert jax.device_count() == 8
+rng = np.random.default_rng(0)
+b, g = 16, 4
+boxes = np.zeros((b, g, 4), np.float32)
+boxes[:, :2] = [[0.1, 0.2, 0.6, 0.7], [0.4, 0.1, 0.9, 0.5]]
+labels = np.zeros((b, g), np.int32)
+labels[:, :2] = [1, 2]
+labels[3] = 0  # an image without objects
+batch = {"image": rng.integers(0, 256, (b, 64, 64, 3), dtype=np.uint8),
+         "size": np.tile(np.asarray([[48, 64]], np.int32), (b, 1)), "boxes": boxes, "labels": labels}
+
+@jax.jit
+def step(step, batch):  # as the train step: the keys from (seed, step, index) inside the program
+    keys = D.image_keys(0, step, batch["image"].shape[0])
+    return D.augment(keys, batch, T.AugmentConfig(), 40, normalization.TORCHVISION)
+
+one = jax.device_get(step(3, parallel.global_batch(batch, parallel.make_mesh(jax.devices()[:1]), b)))
+out = step(3, parallel.global_batch(batch, parallel.make_mesh(jax.devices()), b))
+assert len(out["image"].sharding.device_set) == 8
+out = jax.device_get(out)
+# the two programs round the colour arithmetic differently: 2e-4 is 1% of one grey level here
+np.testing.assert_allclose(out["image"], one["image"], rtol=1e-5, atol=2e-4)
+np.testing.assert_allclose(out["boxes"], one["boxes"], atol=1e-6)
+np.testing.assert_array_equal(out["labels"], one["labels"])
+print("OK")
+"""
+
+
+def test_eight_simulated_devices_give_one_device_s_augmentation(run_python):
+    """The batch sharded over 8 (simulated) devices, keys made inside the program as the
+    train step makes them: the same images (to float rounding), boxes and labels as on one
+    device."""
+    proc = run_python(["-c", SHARDED], {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}, timeout=300)
+    assert proc.returncode == 0 and "OK" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-3000:]
