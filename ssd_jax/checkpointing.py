@@ -110,7 +110,7 @@ class Checkpointer:
         shardings of ``state_template``, and set ``data_iterator``'s position in place.
         Returns the restored state."""
         self._manager.wait_until_finished()
-        step = self.latest_step() if step is None else step
+        step = self._manager.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state_template)

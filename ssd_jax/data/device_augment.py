@@ -31,6 +31,7 @@ from typing import NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 
+from ssd_jax import boxes as box_ops
 from ssd_jax.data import transforms
 from ssd_jax.data.transforms import AugmentConfig
 
@@ -77,16 +78,6 @@ def identity_params() -> Params:
 
 
 # ----------------------------------------------------------------------------- boxes
-
-
-def _iou(a: jax.Array, b: jax.Array) -> jax.Array:
-    """``[..., 4]``, ``[..., 4]`` xyxy -> ``[...]`` IoU (broadcast; 0 for an empty union)."""
-    lt = jnp.maximum(a[..., :2], b[..., :2])
-    rb = jnp.minimum(a[..., 2:], b[..., 2:])
-    inter = jnp.prod(jnp.maximum(rb - lt, 0.0), -1)
-    area = lambda x: jnp.prod(jnp.maximum(x[..., 2:] - x[..., :2], 0.0), -1)
-    union = area(a) + area(b) - inter
-    return jnp.where(union > 0, inter / jnp.where(union > 0, union, 1.0), 0.0)
 
 
 def _centres_inside(boxes: jax.Array, patches: jax.Array) -> jax.Array:
@@ -151,7 +142,7 @@ def choose_patch(key: jax.Array, boxes: jax.Array, valid: jax.Array, config: Aug
     k_patch, k_choose = jax.random.split(key)
     patches = draw_patches(k_patch, (len(min_ious), config.max_trials), config)  # [K, T, 4]
     inside = _centres_inside(boxes, patches) & valid  # [K, T, G]
-    iou = _iou(patches[:, :, None, :], boxes[None, None])  # [K, T, G]
+    iou = box_ops.iou(patches, boxes)  # [K, T, G]
     ok = (inside & (iou >= thresholds[:, None, None])).any(-1)  # [K, T]
     first = jnp.argmax(ok, axis=1)
     found = ok.any(1) | whole

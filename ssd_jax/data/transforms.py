@@ -244,11 +244,8 @@ def sample_crop_window(
     rng: np.random.Generator,
     min_iou: float,
     *,
-    min_scale: float = 0.3,
-    max_scale: float = 1.0,
-    min_aspect: float = 0.5,
-    max_aspect: float = 2.0,
     max_trials: int = 50,
+    **patch_kw,
 ) -> np.ndarray | None:
     """One sampler: ``max_trials`` patches (:func:`draw_patches`), the first that
     satisfies the minimum-IoU constraint (:func:`patches_satisfy`).
@@ -258,15 +255,14 @@ def sample_crop_window(
       height, width: image size.
       min_iou: the constraint: some box whose centre is strictly inside the patch has
         IoU >= ``min_iou`` with it (0 only asks for one centre inside).
-      min_scale, max_scale: range of the patch side relative to the image side.
-      min_aspect, max_aspect: range of ``(w / W) / (h / H)``.
       max_trials: patches tried.
+      patch_kw: :func:`draw_patches`'s ranges: ``min_scale``, ``max_scale`` (the patch side
+        relative to the image side), ``min_aspect``, ``max_aspect`` (of ``(w / W) / (h / H)``).
 
     Returns:
       ``[4]`` int64 ``(x0, y0, x1, y1)`` pixel patch, or ``None`` if no trial succeeded.
     """
-    patches = draw_patches(height, width, rng, max_trials, min_scale=min_scale, max_scale=max_scale,
-                           min_aspect=min_aspect, max_aspect=max_aspect)
+    patches = draw_patches(height, width, rng, max_trials, **patch_kw)
     ok = np.flatnonzero(patches_satisfy(boxes, patches, min_iou))
     return patches[ok[0]] if len(ok) else None
 
@@ -324,25 +320,19 @@ def random_crop(
     rng: np.random.Generator,
     *,
     min_ious: Sequence[float | None] = SSD_MIN_IOUS,
-    min_scale: float = 0.3,
-    max_scale: float = 1.0,
-    min_aspect: float = 0.5,
-    max_aspect: float = 2.0,
-    max_trials: int = 50,
+    **patch_kw,
 ) -> Arrays:
     """SSD's min-IoU random crop (Caffe's samplers).
 
-    Every sampler of ``min_ious`` tries its patches, one of the patches found is chosen
-    uniformly (:func:`choose_crop`) and applied with :func:`crop`; the whole image
+    Every sampler of ``min_ious`` tries its patches (``patch_kw``: as
+    :func:`sample_crop_window`'s), one of the patches found is chosen uniformly
+    (:func:`choose_crop`) and applied with :func:`crop`; the whole image
     (``None``) returns the input unchanged, as does a list of samplers that all failed.
     Images without boxes pass through (no patch can hold an object centre), after the same
     draws from ``rng`` as any other image.
     """
     h, w = image.shape[:2]
-    _, window = choose_crop(
-        boxes, h, w, rng, min_ious=min_ious, min_scale=min_scale, max_scale=max_scale,
-        min_aspect=min_aspect, max_aspect=max_aspect, max_trials=max_trials,
-    )  # fmt: skip
+    _, window = choose_crop(boxes, h, w, rng, min_ious=min_ious, **patch_kw)
     if window is None:
         return image, boxes, labels
     return crop(image, boxes, labels, window)
