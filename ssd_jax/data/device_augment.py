@@ -89,8 +89,7 @@ def _centres_inside(boxes: jax.Array, patches: jax.Array) -> jax.Array:
 
 def zoomed_out_boxes(boxes: jax.Array, ratio: jax.Array, offset: jax.Array) -> jax.Array:
     """Boxes normalised to the image -> normalised to the zoomed-out canvas."""
-    o = jnp.concatenate([offset, offset])
-    return (boxes + o) / ratio
+    return (boxes + jnp.tile(offset, 2)) / ratio
 
 
 def transform_boxes(boxes: jax.Array, labels: jax.Array, params: Params) -> tuple[jax.Array, jax.Array]:
@@ -100,8 +99,8 @@ def transform_boxes(boxes: jax.Array, labels: jax.Array, params: Params) -> tupl
     b = zoomed_out_boxes(boxes, params.ratio, params.offset)
     p = params.patch
     keep = (labels > 0) & _centres_inside(b, p)
-    size = jnp.concatenate([p[2:] - p[:2], p[2:] - p[:2]])
-    b = (jnp.clip(b, jnp.concatenate([p[:2], p[:2]]), jnp.concatenate([p[2:], p[2:]])) - jnp.concatenate([p[:2], p[:2]])) / size
+    lo, hi = jnp.tile(p[:2], 2), jnp.tile(p[2:], 2)
+    b = (jnp.clip(b, lo, hi) - lo) / (hi - lo)
     flipped = jnp.stack([1 - b[:, 2], b[:, 1], 1 - b[:, 0], b[:, 3]], -1)
     b = jnp.where(params.flip, flipped, b)
     return jnp.where(keep[:, None], b, 0.0), jnp.where(keep, labels, 0)
