@@ -38,27 +38,78 @@ def _resume_config(tiny_config, num_steps, num_workers=0, augment_on="host"):
         "data.num_workers": num_workers, **device})
 
 
-@pytest.mark.parametrize("num_workers,augment_on", [(0, "host"), pytest.param(2, "host", marks=pytest.mark.slow),
-                                                    (0, "device")])
-def test_resume_continues_exactly(tiny_config, tmp_path, num_workers, augment_on):
-    """Also with the full SSD augmentation on the device: its keys come from (seed, step,
-    image index), so the restarted run draws what the uninterrupted one drew."""
-    config = functools.partial(_resume_config, tiny_config, num_workers=num_workers, augment_on=augment_on)
-    straight = training_loop.train_and_evaluate(config(6), str(tmp_path / "a"))
-    first = training_loop.train_and_evaluate(config(3), str(tmp_path / "b"))
-    assert first["step"] == 3
-    resumed = training_loop.train_and_evaluate(config(6), str(tmp_path / "b"))
-    assert resumed["step"] == 6
-    # Same batches and losses, step by step, and bitwise-equal final parameters and state.
-    assert _losses(tmp_path / "a") == _losses(tmp_path / "b")
+def _assert_same_run(straight, resumed, dir_a, dir_b):
+    """Same batches and losses, step by step, and bitwise-equal final parameters and state."""
+    assert _losses(dir_a) == _losses(dir_b)
     pa, pb = _params(straight), _params(resumed)
     assert pa.keys() == pb.keys()
     for k in pa:
         np.testing.assert_array_equal(pa[k], pb[k], err_msg=k)
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(straight["state"]), jax.device_get(resumed["state"]))
+
+
+@pytest.mark.parametrize("num_workers", [0, pytest.param(2, marks=pytest.mark.slow)])
+def test_resume_continues_exactly(tiny_config, tmp_path, num_workers):
+    config = functools.partial(_resume_config, tiny_config, num_workers=num_workers)
+    straight = training_loop.train_and_evaluate(config(6), str(tmp_path / "a"))
+    first = training_loop.train_and_evaluate(config(3), str(tmp_path / "b"))
+    assert first["step"] == 3
+    resumed = training_loop.train_and_evaluate(config(6), str(tmp_path / "b"))
+    assert resumed["step"] == 6
+    _assert_same_run(straight, resumed, tmp_path / "a", tmp_path / "b")
     steps = sorted(os.listdir(tmp_path / "b" / "checkpoints"))
     assert steps == ["3", "6"]
     assert os.path.exists(tmp_path / "b" / "run_info.1.json")  # the first start's record is kept
+
+
+# Trains to step 6 (checkpoint every 3) and kills itself with SIGKILL when step 5 is about
+# to be logged, once checkpoint 3 is on disk: mid-run, with batch 6 already prefetched.
+_KILLED_AT_STEP_5 = """
+import json, os, signal, sys, time
+import ml_collections
+from ssd_jax import metric_writers, training_loop
+config_file, workdir = sys.argv[1:3]
+create_writer = metric_writers.create_writer
+
+def killing_writer(*args, **kwargs):
+    writer = create_writer(*args, **kwargs)
+    write_scalars = writer.write_scalars
+
+    def write(step, scalars):
+        if step == 5 and "loss" in scalars:
+            deadline = time.time() + 60  # the background save of step 3 commits
+            while not os.path.isdir(os.path.join(workdir, "checkpoints", "3")) and time.time() < deadline:
+                time.sleep(0.05)
+            print("KILLED_AT 5", flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)
+        write_scalars(step, scalars)
+
+    writer.write_scalars = write
+    return writer
+
+metric_writers.create_writer = killing_writer
+training_loop.train_and_evaluate(ml_collections.ConfigDict(json.load(open(config_file))), workdir)
+"""
+
+
+def test_a_sigkilled_run_with_device_augmentation_resumes_exactly(tiny_config, tmp_path, run_python):
+    """The full SSD augmentation on the device (its keys come from (seed, step, image
+    index)), background checkpoints and a prefetched batch: a run killed with SIGKILL after
+    checkpoint 3 restarts there and logs the losses and ends with the weights of a run
+    that was never interrupted."""
+    config = functools.partial(_resume_config, tiny_config, augment_on="device")
+    straight = training_loop.train_and_evaluate(config(6), str(tmp_path / "a"))
+    config_file = tmp_path / "config.json"
+    config_file.write_text(config(6).to_json())
+    script = tmp_path / "killed.py"
+    script.write_text(_KILLED_AT_STEP_5)
+    proc = run_python([script, config_file, tmp_path / "b"], timeout=240)
+    assert proc.returncode == -signal.SIGKILL and "KILLED_AT 5" in proc.stdout, proc.stderr[-3000:]
+    assert sorted(os.listdir(tmp_path / "b" / "checkpoints")) == ["3"]
+    assert max(_losses(tmp_path / "b")) == 4  # steps 1-4 were logged before the kill
+    resumed = training_loop.train_and_evaluate(config(6), str(tmp_path / "b"))
+    assert resumed["step"] == 6
+    _assert_same_run(straight, resumed, tmp_path / "a", tmp_path / "b")
 
 
 def test_a_killed_run_resumes_with_one_log_line_per_step(tiny_config, tmp_path):
