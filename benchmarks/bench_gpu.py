@@ -191,7 +191,8 @@ def jax_train_case(model_name: str, batch: int, dtype: str, steps: int, seconds:
            "flops_per_step": flops, "tflops_per_s": flops / step_s / 1e12, "mfu_bf16_peak": flops / step_s / peak,
            "loss_finite": bool(final_loss == final_loss and abs(final_loss) != float("inf")),
            "data": "memory" if source_iter is None else "grain pipeline",
-           "augment_on": "device" if canvas else ("host" if source_iter is not None else "none")}
+           "augment_on": "device" if canvas else ("host" if source_iter is not None else "none"),
+           **({"canvas": canvas} if canvas else {})}
     del holder, state, compiled
     return out
 
@@ -284,10 +285,10 @@ def cmd_jax(args) -> None:
                 row = _e2e_case(model_name, batch, dtype, steps, seconds, args)
             elif part.startswith("files-"):
                 _, where, files = part.split("-")
-                row = _e2e_case(model_name, batch, dtype, steps, seconds, args, canvas=args.canvas if where == "device" else 0,
-                                voc=files == "voc")
+                row = _e2e_case(model_name, batch, dtype, steps, seconds, args,
+                                canvas=_canvas(args, files) if where == "device" else 0, voc=files == "voc")
             elif part == "augcost":
-                row = jax_train_case(model_name, batch, dtype, steps, seconds, canvas=args.canvas)
+                row = jax_train_case(model_name, batch, dtype, steps, seconds, canvas=_canvas(args, "voc"))
             else:
                 row = jax_infer_case(model_name, batch, dtype, steps, seconds, with_detect=part == "predict")
         except Exception as e:  # noqa: BLE001 - record and go on to the next case
@@ -300,6 +301,14 @@ def cmd_jax(args) -> None:
 
 
 _VOC_FILES: dict = {}
+
+
+def _canvas(args, files: str) -> int:
+    """``--canvas``, else what ``data.canvas_size=0`` gives for these files: the built-in
+    set's largest side (its defaults) or 512 for VOC-size files."""
+    from ssd_jax.data.config import DataConfig
+
+    return args.canvas or (512 if files == "voc" else DataConfig().canvas_side)
 
 
 def _e2e_case(model_name, batch, dtype, steps, seconds, args, canvas: int = 0, voc: bool = False,
@@ -537,7 +546,8 @@ def main(argv=None) -> None:
         p.add_argument("--batches", type=int, default=60)
         p.add_argument("--cache-dir", default=None)
         p.add_argument("--parts", default="train,infer,ssdlite,wgrad,e2e,files,augcost")
-        p.add_argument("--canvas", type=int, default=512, help="canvas side of the device-augmentation rows")
+        p.add_argument("--canvas", type=int, default=0,
+                       help="canvas side of the device-augmentation rows (0: the dataset's, as data.canvas_size=0)")
     p = sub.add_parser("hloflops")
     p.add_argument("--into", required=True)
     p = sub.add_parser("table")

@@ -205,7 +205,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     priors = anchors.generate(model.spec)
     state = parallel.replicate(state, mesh)
     step_fn = train_lib.make_train_step(graphdef, tx, schedule, priors, settings.loss)
-    if settings.data.augment_on == "device":
+    augment_on = builders.augment_on(settings.data)
+    if augment_on == "device":
         step_fn = builders.device_augmented_step(step_fn, settings, model.spec.image_size)
     step_fn = parallel.jit_train_step(step_fn, mesh, state)
 
@@ -260,7 +261,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         preempt.install()
 
     echo(f"{run.name}: {model.name} {model.spec.image_size}px, {model.spec.num_priors} priors, "
-         f"{len(train_src)} training images, global batch {global_bs} over {mesh.devices.size} device(s), "
+         f"{len(train_src)} training images (augmented on the {augment_on}), global batch {global_bs} over "
+         f"{mesh.devices.size} device(s), "
          f"steps {step} -> {num_steps}, workdir {workdir}")
     acc = None  # the log interval's clu metrics, on the device
     last_logged: dict[str, float] = {}

@@ -26,12 +26,14 @@ class DataConfig(Section):
       num_workers: grain worker processes (0: in the training process).
       augment: the SSD augmentation (its settings: ``AugmentConfig``); False: resize only.
       augment_on: where it runs: ``host`` (NumPy in the input pipeline, batches of finished
-        float32 images) or ``device`` (the pipeline only decodes into uint8 canvases of side
+        float32 images), ``device`` (the pipeline only decodes into uint8 canvases of side
         ``canvas_size``; ``ssd_jax.data.device_augment`` augments, resizes and normalises
-        inside the jitted train step). Host is the default: the device path has not yet
-        been measured on a GPU or TPU.
+        inside the jitted train step) or ``auto``: ``device`` on a GPU or TPU, ``host`` on
+        the CPU (see :func:`ssd_jax.builders.augment_on` for why).
       canvas_size: side of the device path's canvas (a multiple of 8); larger images are
-        downscaled into it, aspect kept.
+        downscaled into it, aspect kept. 0: the built-in dataset's ``builtin_max_side``
+        (rounded up to a multiple of 8), else 512 (VOC's images are at most 500 px, so
+        they keep their full resolution for the crops' zoom-in). See :attr:`canvas_side`.
       use_difficult: train on objects flagged difficult (VOC) or crowd (COCO).
       cache_dir: where the built-in dataset is written ("" : the default cache folder).
       builtin_num_train, builtin_num_val, builtin_min_side, builtin_max_side: the built-in
@@ -47,8 +49,8 @@ class DataConfig(Section):
     max_boxes: int = 50
     num_workers: int = 0
     augment: bool = True
-    augment_on: str = "host"
-    canvas_size: int = 512
+    augment_on: str = "auto"
+    canvas_size: int = 0
     use_difficult: bool = False
     cache_dir: str = ""
     builtin_num_train: int = 5000
@@ -68,10 +70,11 @@ class DataConfig(Section):
             raise ValueError(f"data.dataset must be one of {DATASETS}, got {self.dataset!r}")
         if self.batch_size < 1 or self.max_boxes < 1:
             raise ValueError(f"data.batch_size ({self.batch_size}) and data.max_boxes ({self.max_boxes}) must be positive")
-        if self.augment_on not in ("host", "device"):
-            raise ValueError(f"data.augment_on must be 'host' or 'device', got {self.augment_on!r}")
-        if self.canvas_size < 8 or self.canvas_size % 8:
-            raise ValueError(f"data.canvas_size must be a positive multiple of 8, got {self.canvas_size}")
+        if self.augment_on not in ("auto", "host", "device"):
+            raise ValueError(f"data.augment_on must be 'auto', 'host' or 'device', got {self.augment_on!r}")
+        if self.canvas_size < 0 or self.canvas_size % 8:
+            raise ValueError(f"data.canvas_size must be 0 (chosen from the dataset) or a positive multiple of 8, "
+                             f"got {self.canvas_size}")
         if self.num_workers < 0:
             raise ValueError(f"data.num_workers must be >= 0, got {self.num_workers}")
         if self.builtin_num_train < 1 or self.builtin_num_val < 1 or not 0 < self.builtin_min_side <= self.builtin_max_side:
@@ -85,6 +88,15 @@ class DataConfig(Section):
             for key in _COCO_KEYS:
                 if not getattr(self, key):
                     raise ValueError(f"data.dataset='coco' needs data.{key}")
+
+    @property
+    def canvas_side(self) -> int:
+        """The device path's canvas side: ``canvas_size``, or when 0 the dataset's."""
+        if self.canvas_size:
+            return self.canvas_size
+        if self.dataset == "builtin":
+            return -(-self.builtin_max_side // 8) * 8
+        return 512
 
     @property
     def voc_test_splits(self) -> tuple[str, ...]:

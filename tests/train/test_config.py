@@ -95,6 +95,25 @@ def test_every_settings_field_is_a_config_key_with_its_default():
     assert s.loss.variances == (0.1, 0.2) and s.eval.candidates_per_class == 400 and s.model.conv_wgrad == "auto"
 
 
+def test_canvas_side_follows_the_dataset_unless_set():
+    from ssd_jax.data.config import DataConfig
+
+    assert DataConfig(builtin_max_side=190).canvas_side == 192  # the largest image, to a multiple of 8
+    assert DataConfig(dataset="voc", voc_root="/v").canvas_side == 512
+    assert DataConfig(builtin_max_side=190, canvas_size=256).canvas_side == 256
+
+
+def test_augmentation_runs_on_the_device_of_an_accelerator_unless_set():
+    from ssd_jax import builders
+    from ssd_jax.data.config import DataConfig
+
+    auto = DataConfig()
+    assert auto.augment_on == "auto" and builders.augment_on(auto) == "host"  # these tests run on the CPU
+    assert [builders.augment_on(auto, b) for b in ("cpu", "gpu", "tpu")] == ["host", "device", "device"]
+    assert builders.augment_on(DataConfig(augment_on="device"), "cpu") == "device"
+    assert builders.augment_on(DataConfig(augment_on="host"), "gpu") == "host"
+
+
 def test_settings_validate_each_section_and_name_the_key():
     for key, value, match in [("model.compute_dtype", "float16", "compute_dtype"), ("data.dataset", "kitti", "dataset"),
                               ("eval.metric", "f1", "metric"), ("optim.optimizer", "lion", "optimizer"),
