@@ -77,8 +77,13 @@ class _Position:
 
 @jax.jit
 def _all_finite(tree) -> jax.Array:
-    """``[]`` bool: every element of every leaf is finite."""
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+    """``[]`` bool: every element of every leaf is finite.
+
+    One reduction over the leaves laid end to end: a reduction per leaf (hundreds in an
+    SSDLite) took XLA:CPU 5.6 s to compile, stalling the first checkpoint of a run; this
+    form compiles in 0.5 s."""
+    leaves = [jnp.ravel(x).astype(jnp.float32) for x in jax.tree.leaves(tree)]
+    return jnp.all(jnp.isfinite(jnp.concatenate(leaves))) if leaves else jnp.bool_(True)
 
 
 def draw_predictions(predict, state, source, pcfg: pipeline.PipelineConfig, out_dir: str, step: int, count: int,

@@ -8,6 +8,7 @@ import threading
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -274,6 +275,10 @@ def test_weights_finite_check_used_before_saves():
     assert bool(training_loop._all_finite(ok))
     bad = {"a": np.ones((2, 3), np.float32), "b": [np.array([0.0, np.inf], np.float32)]}
     assert not bool(training_loop._all_finite(bad))
+    mixed = {"count": np.arange(3, dtype=np.int32), "scalar": np.float32(2.0),
+             "half": jnp.array([1.0, -2.0], jnp.bfloat16)}
+    assert bool(training_loop._all_finite(mixed)) and bool(training_loop._all_finite({}))
+    assert not bool(training_loop._all_finite({**mixed, "half": jnp.array([1.0, jnp.nan], jnp.bfloat16)}))
 
 
 def test_preemption_flag_handler():
