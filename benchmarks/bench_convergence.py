@@ -3,7 +3,10 @@
     python benchmarks/bench_convergence.py [--steps 300] [--batch 4] [--optimizers sgd,adamw]
         [--torch /path/to/torch-venv/bin/python] [--out DIR]
 
-Trajectory parity. Both sides run their own real training code:
+    python benchmarks/bench_convergence.py --convergence [--steps 1000] [--batch 16]
+        [--image-size 160] [--points 4] [--seeds 0,1] [--full] [--torch ...] [--out DIR]
+
+Trajectory parity (the default). Both sides run their own real training code:
 
 * torchvision (a subprocess of ``--torch``, default ``$SSD_JAX_TORCH_PYTHON``; 2 threads):
   ``ssdlite320_mobilenet_v3_large(num_classes=C+1)`` from its own random initialisation
@@ -24,6 +27,29 @@ relative loss difference over the first 50 steps, and of the 20-step running mea
 the final parameters' distance, relative to how far training moved them), the wall time per
 step of each side, and ``DIR/convergence_trajectory.png`` (both loss curves). Without torch
 the torchvision half is skipped and only our losses are printed.
+
+Convergence (``--convergence``): each side trains SSDLite-MobileNetV3 from its own random
+initialisation (torchvision's: every convolution N(0, 0.03)) on the built-in training split
+with its own data pipeline and the SSDLite recipe of ``experiments/ssdlite_mobilenetv3_parity.py``
+(SGD, lr 0.15 at batch 192 scaled to the batch, cosine, weight decay 4e-5 on everything):
+
+* ours: ``launch.py train``'s loop (``training_loop.train_and_evaluate``) on that
+  experiment, at ``--image-size``, a checkpoint at each of ``--points`` evenly spaced steps;
+* torchvision: ``model(images, targets)`` fed by a ``DataLoader`` with the detection
+  reference's ``ssdlite`` augmentation (``transforms.v2``: ``RandomIoUCrop``,
+  ``RandomHorizontalFlip``, ``SanitizeBoundingBoxes``), its transform's fixed size set to
+  ``--image-size``; its state dict saved at the same steps (the wall time excludes saving).
+
+Every saved point of both sides is then evaluated the same way: the weights in our network
+(torchvision's through ``torchvision_import``), our eval pipeline and ``detect`` with the
+experiment's eval settings, the project's VOC (11-point mAP@0.5) and COCO (AP) evaluators on
+the built-in val split. Printed: a table (side, seed, step, training minutes, VOC mAP, COCO
+AP), our final mAP over torchvision's (mean over the seeds), and our time to reach
+torchvision's final mAP (linear between the points) over its time; written:
+``DIR/convergence.json`` and ``DIR/convergence_map.png`` (mAP against training minutes).
+``--full`` is the GPU budget: 320 px, batch 32, 24,000 steps (unless given). The CPU
+default (1,000 steps at 160 px) shows the benchmark runs; SSDLite from scratch reaches too
+small an mAP there to compare trainers.
 """
 
 from __future__ import annotations
@@ -248,23 +274,312 @@ def plot(results: dict, path: str) -> None:
     fig.savefig(path, dpi=110)
 
 
+TORCH_TRAIN_SCRIPT = r"""
+import json, os, sys, time
+import numpy as np, torch, torchvision
+from PIL import Image
+from torchvision import tv_tensors
+from torchvision.transforms import v2 as T
+torch.set_num_threads(int(os.environ.get("SSD_JAX_TORCH_THREADS", "2")))
+records_file, out, seed, steps, batch, size, lr, wd, momentum, points = sys.argv[1:11]
+seed, steps, batch, size, points = int(seed), int(steps), int(batch), int(size), [int(p) for p in points.split(",")]
+lr, wd, momentum = float(lr), float(wd), float(momentum)
+spec = json.load(open(records_file))
+device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+torch.manual_seed(seed)
+m = torchvision.models.detection.ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None,
+                                                               num_classes=spec["num_classes"] + 1)
+m.transform.min_size, m.transform.max_size, m.transform.fixed_size = (size,), size, (size, size)
+m.to(device).train()
+# the detection reference's "ssdlite" preset (references/detection/presets.py, transforms v2)
+aug = T.Compose([T.RandomIoUCrop(), T.RandomHorizontalFlip(p=0.5), T.ToImage(), T.ToDtype(torch.float, scale=True),
+                 T.SanitizeBoundingBoxes()])
+
+class Data(torch.utils.data.Dataset):
+    def __len__(self):
+        return len(spec["records"])
+
+    def __getitem__(self, i):
+        r = spec["records"][i]
+        image = Image.open(r["path"]).convert("RGB")
+        boxes = tv_tensors.BoundingBoxes(torch.tensor(r["boxes"], dtype=torch.float32).reshape(-1, 4), format="XYXY",
+                                         canvas_size=(image.height, image.width))
+        return aug(image, {"boxes": boxes, "labels": torch.tensor(r["labels"], dtype=torch.int64)})
+
+g = torch.Generator().manual_seed(seed)
+loader = torch.utils.data.DataLoader(Data(), batch_size=batch, sampler=torch.utils.data.RandomSampler(Data(), generator=g,
+                                     replacement=True, num_samples=steps * batch), collate_fn=lambda b: tuple(zip(*b)),
+                                     num_workers=int(os.environ.get("SSD_JAX_TORCH_WORKERS", "0")), drop_last=True)
+opt = torch.optim.SGD(m.parameters(), lr=lr, momentum=momentum, weight_decay=wd)
+sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+trained, step, t0, log = 0.0, 0, time.perf_counter(), []
+for images, targets in loader:
+    images = [x.to(device) for x in images]
+    targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
+    losses = m(images, targets)
+    loss = sum(losses.values())
+    opt.zero_grad(); loss.backward(); opt.step(); sched.step()
+    step += 1
+    if step in points:
+        float(loss)  # waits for the device
+        trained += time.perf_counter() - t0
+        np.savez(f"{out}_step{step}.npz", **{k: v.detach().cpu().numpy() for k, v in m.state_dict().items()})
+        log.append({"step": step, "minutes": trained / 60, "loss": float(loss)})
+        print(json.dumps(log[-1]), flush=True)
+        t0 = time.perf_counter()
+json.dump({"points": log, "versions": f"torch {torch.__version__}, torchvision {torchvision.__version__}",
+           "device": str(device)}, open(out + ".json", "w"))
+"""
+
+
+def convergence_config(seed: int, steps: int, batch: int, size: int, points: list[int], cache_dir: str | None):
+    """The parity experiment at this budget: a checkpoint at each point, none evaluated
+    during training (every point is evaluated afterwards, both sides alike)."""
+    from experiments.ssdlite_mobilenetv3_parity import get_config
+
+    c = get_config()
+    c.seed = seed
+    c.num_steps = steps
+    c.model.image_size = size
+    c.data.batch_size = batch
+    if cache_dir:
+        c.data.cache_dir = cache_dir
+    c.checkpoint_every = points[0]
+    c.keep_checkpoints = len(points)
+    c.keep_best = False
+    c.eval_every = 0
+    c.eval_at_end = False
+    c.eval_draw_images = 0
+    c.log_every = max(1, points[0] // 10)  # the pace of the 2nd interval stands in for the 1st (compilation)
+    c.progress_bar = False
+    return c
+
+
+def train_ours_convergence(workdir: str, config) -> list[dict]:
+    """``[{"step", "minutes", "loss"}]`` of each log line: training minutes, the first
+    interval (which holds the compilation) counted at the pace of the second, as the
+    torchvision side has nothing to compile."""
+    from ssd_jax import training_loop
+    from ssd_jax.metric_writers import read_metrics
+
+    t0 = time.time()
+    training_loop.train_and_evaluate(config, workdir)
+    rows = [m for m in read_metrics(workdir) if "loss" in m]
+    first = rows[0]
+    per_step = (rows[1]["time"] - first["time"]) / (rows[1]["step"] - first["step"]) if len(rows) > 1 else 0.0
+    start = first["time"] - per_step * first["step"]
+    print(f"  ours: {time.time() - t0:.0f} s in all (compilation, data, checkpoints)", flush=True)
+    return [{"step": m["step"], "minutes": (m["time"] - start) / 60, "loss": m["loss"]} for m in rows]
+
+
+def train_torch_convergence(python: str, source, prefix: str, seed: int, steps: int, batch: int, size: int,
+                            points: list[int]) -> dict:
+    o = OPTIMIZERS["sgd"]
+    spec = {"num_classes": source.num_classes, "records": [
+        {"path": r.image_path, "boxes": r.boxes[~r.difficult].tolist(), "labels": r.labels[~r.difficult].tolist()}
+        for r in source.records]}
+    with open(prefix + "_records.json", "w") as f:
+        json.dump(spec, f)
+    proc = subprocess.run([python, "-c", TORCH_TRAIN_SCRIPT, prefix + "_records.json", prefix, str(seed), str(steps),
+                           str(batch), str(size), str(o["lr"] * batch / o["lr_batch"]), str(o["weight_decay"]),
+                           str(o["momentum"]), ",".join(map(str, points))], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"torchvision training failed:\n{proc.stderr[-3000:]}")
+    with open(prefix + ".json") as f:
+        return json.load(f)
+
+
+class _VocAndCoco:
+    """Both evaluators fed by one pass of the predictions."""
+
+    def __init__(self, source, eval_settings):
+        from ssd_jax import builders
+
+        self.voc = builders.build_evaluator(source, eval_settings, "voc")
+        self.coco = builders.build_evaluator(source, eval_settings, "coco")
+
+    def reset(self):
+        self.voc.reset()
+        self.coco.reset()
+
+    def add(self, ids, detections):
+        self.voc.add(ids, detections)
+        self.coco.add(ids, detections)
+
+    def compute(self):
+        return {"voc_map": float(self.voc.compute()["mAP"]), "coco_ap": float(self.coco.compute()["AP"])}
+
+
+def make_point_evaluator(run):
+    """``evaluate(params, model_state) -> {"voc_map", "coco_ap"}``: VOC mAP@0.5 (11-point)
+    and COCO AP of one set of weights in ``run``'s network, through our eval pipeline and
+    ``detect`` (compiled once for all the points)."""
+    from ssd_jax import builders
+    from ssd_jax.evaluation import loop as eval_loop
+
+    predict = builders.build_predict_fn(run.graphdef, run.model.spec, run.settings)
+    pcfg = builders.eval_pipeline_config(run.settings, run.model.spec.image_size, 16)
+    evaluator = _VocAndCoco(run.eval_source, run.settings.eval)
+
+    def evaluate(params, model_state):
+        result, _ = eval_loop.evaluate(predict, params, model_state, run.eval_source, pcfg, run.mesh, evaluator)
+        return {k: result[k] for k in ("voc_map", "coco_ap")}
+
+    return evaluate
+
+
+def torch_weights(run, sd: dict):
+    """torchvision's state dict in our network of ``run``: ``(params, model_state)``."""
+    from flax import nnx
+
+    from ssd_jax import builders, parallel
+    from ssd_jax.models import params_io, ssd, torchvision_import as ti
+
+    params, stats, num_classes = ti.from_torchvision_ssdlite_v3(sd)
+    model = builders.build_model(run.settings.model, num_classes, nnx.Rngs(0))
+    params_io.assign(model, params, strict=True)
+    params_io.assign(model, stats, variables=nnx.BatchStat, strict=True)
+    _, p, s = ssd.split(model)
+    return parallel.replicate(p, run.mesh), parallel.replicate(s, run.mesh)
+
+
+def time_to_reach(points: list[dict], target: float) -> float | None:
+    """Training minutes at which the mAP first reaches ``target``, linear between points
+    (from 0 at minute 0); None if it never does."""
+    prev_m, prev_v = 0.0, 0.0
+    for p in points:
+        if p["voc_map"] >= target:
+            if p["voc_map"] == prev_v:
+                return p["minutes"]
+            return prev_m + (target - prev_v) / (p["voc_map"] - prev_v) * (p["minutes"] - prev_m)
+        prev_m, prev_v = p["minutes"], p["voc_map"]
+    return None
+
+
+def plot_convergence(runs: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for (side, seed), points in sorted(runs.items()):
+        ax.plot([0] + [p["minutes"] for p in points], [0] + [p["voc_map"] for p in points],
+                "-o" if side == "ours" else "--s", ms=4, label=f"{side}, seed {seed}")
+    ax.set_xlabel("training minutes")
+    ax.set_ylabel("VOC mAP@0.5 (built-in val)")
+    ax.set_title("SSDLite-MobileNetV3 from scratch, SSDLite recipe", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def run_convergence(args) -> int:
+    from ssd_jax import builders, restore
+    from ssd_jax.config import Settings
+
+    steps = args.steps
+    points = [round(steps * (i + 1) / args.points) for i in range(args.points)]
+    seeds = [int(x) for x in args.seeds.split(",") if x]
+    train_src = builders.build_source(Settings.from_config(
+        convergence_config(0, steps, args.batch, args.image_size, points, args.cache_dir)).data, "train")
+    runs: dict[tuple[str, int], list[dict]] = {}
+    versions = ""
+    for seed in seeds:
+        workdir = os.path.join(args.out, f"ours_seed{seed}")
+        if os.path.isdir(workdir):
+            shutil.rmtree(workdir)
+        print(f"[seed {seed}] ours: {steps} steps at {args.image_size} px, batch {args.batch} ...", flush=True)
+        timeline = {r["step"]: r for r in train_ours_convergence(
+            workdir, convergence_config(seed, steps, args.batch, args.image_size, points, args.cache_dir))}
+        saved = restore.checkpoint_steps(workdir)
+        missing = sorted(set(points) - set(saved))
+        if missing:
+            raise RuntimeError(f"ours: no checkpoint at steps {missing} (saved: {saved})")
+        ours, evaluate = [], None
+        for step in points:
+            run = restore.restore_run(workdir, step)
+            evaluate = evaluate or make_point_evaluator(run)
+            ours.append({"step": step, "minutes": timeline[step]["minutes"], **evaluate(run.params, run.model_state)})
+            print(f"  ours step {step}: {ours[-1]}", flush=True)
+        runs[("ours", seed)] = ours
+        if args.torch:
+            prefix = os.path.join(args.out, f"torchvision_seed{seed}")
+            print(f"[seed {seed}] torchvision: {steps} steps ...", flush=True)
+            tv = train_torch_convergence(args.torch, train_src, prefix, seed, steps, args.batch, args.image_size, points)
+            versions = tv["versions"] + f" on {tv['device']}"
+            runs[("torchvision", seed)] = [
+                {"step": p["step"], "minutes": p["minutes"],
+                 **evaluate(*torch_weights(run, dict(np.load(f"{prefix}_step{p['step']}.npz"))))}
+                for p in tv["points"]]
+    print(f"\nSSDLite-MobileNetV3 from scratch on the built-in set: {args.image_size} px, batch {args.batch}, "
+          f"{steps} steps, seeds {seeds}{'; ' + versions if versions else ''}")
+    print(f"{'side':12} {'seed':>4} {'step':>7} {'train min':>10} {'VOC mAP':>8} {'COCO AP':>8}")
+    for (side, seed), pts in sorted(runs.items()):
+        for p in pts:
+            print(f"{side:12} {seed:>4} {p['step']:>7} {p['minutes']:>10.2f} {p['voc_map']:>8.4f} {p['coco_ap']:>8.4f}")
+    summary = {}
+    if args.torch:
+        final_ours = np.mean([runs[("ours", s)][-1]["voc_map"] for s in seeds])
+        final_tv = np.mean([runs[("torchvision", s)][-1]["voc_map"] for s in seeds])
+        summary["final_map_ratio"] = float(final_ours / final_tv) if final_tv > 0 else None
+        reach = []
+        for s in seeds:
+            target = runs[("torchvision", s)][-1]["voc_map"]
+            t = time_to_reach(runs[("ours", s)], target)
+            reach.append(None if t is None else t / runs[("torchvision", s)][-1]["minutes"])
+        summary["time_to_tv_final_map_ratio"] = reach
+        print(f"final VOC mAP, mean over seeds: ours {final_ours:.4f}, torchvision {final_tv:.4f}, ratio "
+              f"{summary['final_map_ratio'] if summary['final_map_ratio'] is None else round(summary['final_map_ratio'], 3)}")
+        print("our training time to reach torchvision's final mAP / torchvision's time, per seed: "
+              + ", ".join("not reached" if r is None else f"{r:.2f}" for r in reach))
+    png = os.path.join(args.out, "convergence_map.png")
+    plot_convergence(runs, png)
+    with open(os.path.join(args.out, "convergence.json"), "w") as f:
+        json.dump({"steps": steps, "batch": args.batch, "image_size": args.image_size, "versions": versions,
+                   "runs": {f"{side}_seed{seed}": pts for (side, seed), pts in runs.items()}, "summary": summary}, f,
+                  indent=1)
+    print(f"wrote {png} and convergence.json")
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--steps", type=int, default=None, help="300 (--convergence: 1,000; --full: 24,000)")
+    p.add_argument("--batch", type=int, default=None, help="4 (--convergence: 16; --full: 32)")
     p.add_argument("--optimizers", default="sgd,adamw")
     p.add_argument("--torch", default=os.environ.get("SSD_JAX_TORCH_PYTHON"),
                    help="a python with torch + torchvision (default $SSD_JAX_TORCH_PYTHON)")
     p.add_argument("--out", default="runs/bench_convergence")
+    p.add_argument("--convergence", action="store_true", help="train both sides to an mAP instead")
+    p.add_argument("--image-size", type=int, default=None, help="--convergence: 160 (--full: 320)")
+    p.add_argument("--points", type=int, default=4, help="--convergence: evaluated points per run")
+    p.add_argument("--seeds", default="0,1", help="--convergence: seeds of each side")
+    p.add_argument("--full", action="store_true", help="--convergence on a GPU: 320 px, batch 32, 24,000 steps")
+    p.add_argument("--cache-dir", default=None, help="the built-in dataset's folder (default: its cache)")
     args = p.parse_args(argv)
+    if args.convergence:
+        args.steps = args.steps or (24_000 if args.full else 1000)
+        args.batch = args.batch or (32 if args.full else 16)
+        args.image_size = args.image_size or (320 if args.full else 160)
+        if args.steps < args.points or args.points < 1 or args.batch < 2:
+            p.error("--convergence needs --steps >= --points >= 1 and --batch >= 2")
+        if args.torch and not shutil.which(args.torch) and not os.path.exists(args.torch):
+            p.error(f"--torch {args.torch}: not found")
+        if not args.torch:
+            print("torchvision half skipped: no --torch python (or $SSD_JAX_TORCH_PYTHON) given; our runs only")
+        os.makedirs(args.out, exist_ok=True)
+        return run_convergence(args)
+    args.steps, args.batch = args.steps or 300, args.batch or 4
     names = [n for n in args.optimizers.split(",") if n]
     unknown = sorted(set(names) - set(OPTIMIZERS))
-    if unknown or args.steps < 70 or args.batch < 2:
-        p.error(f"--optimizers from {sorted(OPTIMIZERS)} (got {unknown}), --steps >= 70 (20-step means after step 50), --batch >= 2 (batch norm on the 1x1 maps)")
-    os.makedirs(args.out, exist_ok=True)
     python = args.torch
+    if unknown or (python and args.steps < 70) or args.steps < 1 or args.batch < 2:
+        p.error(f"--optimizers from {sorted(OPTIMIZERS)} (got {unknown}), --steps >= 70 with torch (20-step means "
+                f"after step 50), --batch >= 2 (batch norm on the 1x1 maps)")
     if python and not shutil.which(python) and not os.path.exists(python):
         p.error(f"--torch {python}: not found")
+    os.makedirs(args.out, exist_ok=True)
     if python is None:
         print("torchvision half skipped: no --torch python (or $SSD_JAX_TORCH_PYTHON) given; our losses only")
 
@@ -289,7 +604,8 @@ def main(argv=None) -> int:
     if not python:
         for name, r in results.items():
             loss = np.asarray(r["ours"]["losses"])[:, 0]
-            print(f"{name}: ours only, loss {loss[0]:.3f} -> {running_mean(loss)[-1]:.3f} (20-step mean), "
+            window = min(20, len(loss))
+            print(f"{name}: ours only, loss {loss[0]:.3f} -> {running_mean(loss, window)[-1]:.3f} ({window}-step mean), "
                   f"{r['ours']['seconds'] / args.steps:.3f} s/step")
         plot(results, os.path.join(args.out, "convergence_trajectory.png"))
         return 0

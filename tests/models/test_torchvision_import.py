@@ -375,3 +375,34 @@ def test_one_training_step_matches_live_torchvision():
     metrics, flat = our_ssdlite_step(sd, batch, sw)
     params, stats, _ = ti.from_torchvision_ssdlite_v3(sd)
     assert_step_matches(metrics, flat, losses, names, {**params, **stats}, values32, values64, sw)
+
+
+def test_convergence_benchmark_without_torch_runs_our_half_only(tiny_config, tmp_path, monkeypatch, capsys):
+    """``benchmarks/bench_convergence.py`` with no torch python: it says the torchvision half
+    is skipped, starts no subprocess, writes the batch stream and runs our half alone."""
+    from ssd_jax import builders
+    from ssd_jax.config import Settings
+    from ssd_jax.data import builtin
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_convergence", os.path.join(os.path.dirname(FIXTURES), "..", "benchmarks", "bench_convergence.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    train_src, _ = builders.build_sources(Settings.from_config(tiny_config()).data)
+    monkeypatch.setattr(builtin, "builtin_source", lambda split: train_src)  # the tiny set, not the 5,000 images
+    monkeypatch.delenv("SSD_JAX_TORCH_PYTHON", raising=False)
+    monkeypatch.setattr(bench.subprocess, "run", lambda *a, **k: pytest.fail("no subprocess without torch"))
+    calls = []
+
+    def ours(stream, init_sd, name, batch, steps, num_classes):  # the training itself is tested elsewhere
+        calls.append((init_sd, name, batch, steps, num_classes, bench.read_stream(stream)[0].shape))
+        return {"losses": [[3.0, 2.0, 1.0], [2.0, 1.5, 0.5]], "seconds": 1.0, "compile_s": 0.5}
+
+    monkeypatch.setattr(bench, "run_ours", ours)
+    assert bench.main(["--steps", "2", "--batch", "2", "--optimizers", "sgd", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "torchvision half skipped" in out and "sgd: ours only, loss 3.000 -> 2.500 (2-step mean)" in out
+    assert calls == [(None, "sgd", 2, 2, train_src.num_classes, (2, 2, bench.IMAGE_SIZE, bench.IMAGE_SIZE, 3))]
+    assert (tmp_path / "convergence_trajectory.png").stat().st_size > 0
+    with pytest.raises(SystemExit):  # the trajectory comparison needs its 20-step means after step 50
+        bench.main(["--steps", "2", "--torch", "python", "--out", str(tmp_path)])
