@@ -436,7 +436,7 @@ def torch_weights(run, sd: dict):
     from ssd_jax.models import params_io, ssd, torchvision_import as ti
 
     params, stats, num_classes = ti.from_torchvision_ssdlite_v3(sd)
-    model = builders.build_model(run.settings.model, num_classes, nnx.Rngs(0))
+    model = builders.build_model(run.settings.model, num_classes, nnx.Rngs(0))  # at the run's image size
     params_io.assign(model, params, strict=True)
     params_io.assign(model, stats, variables=nnx.BatchStat, strict=True)
     _, p, s = ssd.split(model)
@@ -543,6 +543,15 @@ def run_convergence(args) -> int:
     return 0
 
 
+def _prepare(p: argparse.ArgumentParser, args) -> None:
+    """Check ``--torch`` (or say that the torchvision half is skipped) and make ``--out``."""
+    if args.torch and not shutil.which(args.torch) and not os.path.exists(args.torch):
+        p.error(f"--torch {args.torch}: not found")
+    if not args.torch:
+        print("torchvision half skipped: no --torch python (or $SSD_JAX_TORCH_PYTHON) given; our side only")
+    os.makedirs(args.out, exist_ok=True)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=None, help="300 (--convergence: 1,000; --full: 24,000)")
@@ -564,11 +573,7 @@ def main(argv=None) -> int:
         args.image_size = args.image_size or (320 if args.full else 160)
         if args.steps < args.points or args.points < 1 or args.batch < 2:
             p.error("--convergence needs --steps >= --points >= 1 and --batch >= 2")
-        if args.torch and not shutil.which(args.torch) and not os.path.exists(args.torch):
-            p.error(f"--torch {args.torch}: not found")
-        if not args.torch:
-            print("torchvision half skipped: no --torch python (or $SSD_JAX_TORCH_PYTHON) given; our runs only")
-        os.makedirs(args.out, exist_ok=True)
+        _prepare(p, args)
         return run_convergence(args)
     args.steps, args.batch = args.steps or 300, args.batch or 4
     names = [n for n in args.optimizers.split(",") if n]
@@ -577,11 +582,7 @@ def main(argv=None) -> int:
     if unknown or (python and args.steps < 70) or args.steps < 1 or args.batch < 2:
         p.error(f"--optimizers from {sorted(OPTIMIZERS)} (got {unknown}), --steps >= 70 with torch (20-step means "
                 f"after step 50), --batch >= 2 (batch norm on the 1x1 maps)")
-    if python and not shutil.which(python) and not os.path.exists(python):
-        p.error(f"--torch {python}: not found")
-    os.makedirs(args.out, exist_ok=True)
-    if python is None:
-        print("torchvision half skipped: no --torch python (or $SSD_JAX_TORCH_PYTHON) given; our losses only")
+    _prepare(p, args)
 
     print(f"writing the batch stream: {args.steps} steps x {args.batch} images at {IMAGE_SIZE} px ...", flush=True)
     stream, num_classes = write_stream(args.out, args.steps, args.batch)

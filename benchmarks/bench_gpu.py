@@ -306,9 +306,9 @@ _VOC_FILES: dict = {}
 def _canvas(args, files: str) -> int:
     """``--canvas``, else what ``data.canvas_size=0`` gives for these files: the built-in
     set's largest side (its defaults) or 512 for VOC-size files."""
-    from ssd_jax.data.config import DataConfig
+    from ssd_jax.data.config import CANVAS_SIDE, DataConfig
 
-    return args.canvas or (512 if files == "voc" else DataConfig().canvas_side)
+    return args.canvas or (CANVAS_SIDE if files == "voc" else DataConfig().canvas_side)
 
 
 def _e2e_case(model_name, batch, dtype, steps, seconds, args, canvas: int = 0, voc: bool = False,

@@ -12,6 +12,9 @@ import os
 from ssd_jax.schema import Section
 
 DATASETS = ("builtin", "voc", "coco")
+#: The device path's canvas side for files of unknown size (``canvas_size=0`` off the
+#: built-in set): VOC's images, at most 500 px, keep their full resolution.
+CANVAS_SIDE = 512
 _COCO_KEYS = ("coco_train_json", "coco_train_images", "coco_val_json", "coco_val_images")
 
 
@@ -96,7 +99,7 @@ class DataConfig(Section):
             return self.canvas_size
         if self.dataset == "builtin":
             return -(-self.builtin_max_side // 8) * 8
-        return 512
+        return CANVAS_SIDE
 
     @property
     def voc_test_splits(self) -> tuple[str, ...]:
