@@ -190,8 +190,13 @@ def test_ssdlite_v3_matches_recorded_torchvision_outputs():
     assert sum(v.size for v in params.values()) == sum(int(np.prod(s)) for n, s in layout
                                                        if not n.endswith(("running_mean", "running_var", "num_batches_tracked")))
     logits, offsets = run_eval(ti.ssdlite_v3_model(params, stats, num_classes), sw.ssdlite_input())
-    assert_close_relative(logits, ref["cls_logits"])
-    assert_close_relative(offsets, ref["bbox_regression"])
+    # f32 through 15 inverted-residual blocks of random weights: XLA's and torch's summation
+    # orders part by up to 1.9e-4 of the largest output on some CPUs (an AVX-512 Zen 4;
+    # under 1e-4 on a Zen 3), on a few elements; a wrong mapping parts by O(1) everywhere.
+    for ours, theirs in ((logits, ref["cls_logits"]), (offsets, ref["bbox_regression"])):
+        assert_close_relative(ours, theirs, rtol=5e-4)
+        err = np.abs(np.asarray(ours) - theirs) / np.abs(theirs).max()
+        assert (err < 1e-4).mean() > 0.99
     sd = sw.ssdlite_v3_state_dict(layout)
     sd["backbone.scale_weight"] = np.ones(512, np.float32)  # an SSD300 entry
     with pytest.raises(KeyError, match="unexpected entries"):
