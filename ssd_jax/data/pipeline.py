@@ -5,14 +5,19 @@ Training (:func:`train_dataset`)::
     source -> this host's shard (records process_index::process_count)
       -> seeded shuffle, a new permutation every epoch (grain's index shuffle)
       -> repeat (num_epochs, default forever)
+      -> groups of B consecutive stream positions, one batch each
       -> decode + augment + resize + normalise + pad, per record with a numpy RNG from
-         (seed, record index, epoch)              [in worker processes if num_workers > 0]
-      -> drop records whose image failed to load (counted warning; strict mode raises)
-      -> batch -> {'image': [B, S, S, 3] float32, 'boxes': [B, G, 4] float32 normalised
-                   xyxy, 'labels': [B, G] int32 (0 = padding)}
+         (seed, record index, epoch), stacked into the batch
+                                                  [in worker processes if num_workers > 0]
+         {'image': [B, S, S, 3] float32, 'boxes': [B, G, 4] float32 normalised xyxy,
+          'labels': [B, G] int32 (0 = padding)}
+      -> warnings with running counts for failed images and dropped objects (this process)
 
-Every element is a pure function of its position in the stream, elements are batched
-after the worker processes (in order), so the batches are the same for any worker
+A record whose image fails to load keeps its slot: the next record of the shard (in the
+epoch's order) that loads takes its place, with its own augmentation draw (counted
+warning; strict mode raises). Every batch is therefore a pure function of its index in
+the stream: whole batches are built in the worker processes and cross to this one as
+one shared-memory block per array (not one per image), they are the same for any worker
 count, and the iterator's ``get_state``/``set_state`` (or orbax, through
 ``grain.checkpoint.CheckpointSave(iterator)`` / ``CheckpointRestore(iterator)``, e.g. in
 ``ocp.args.Composite(..., data=grain.checkpoint.CheckpointSave(it))``) resumes exactly.
@@ -26,6 +31,7 @@ back to ``source.records[index]`` (its ``image_id``, size and full annotation).
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 from typing import Any, Sequence
@@ -51,7 +57,8 @@ class PipelineConfig:
       max_boxes: ``G``, object slots per image; objects beyond it are dropped (warned).
       seed: shuffle and augmentation seed (< 2**32).
       num_workers: worker processes for decode + augment (0: in this process).
-      worker_buffer_size: elements each worker prepares ahead.
+      worker_buffer_size: batches each worker (or, without workers, this process)
+        prepares ahead.
       read_threads: threads per process that run the per-record work.
       use_difficult: train on objects flagged difficult (VOC) / crowd (COCO, if kept).
       normalization: input convention of the backbone (also the zoom-out fill colour).
@@ -69,7 +76,7 @@ class PipelineConfig:
     max_boxes: int = 100
     seed: int = 0
     num_workers: int = 0
-    worker_buffer_size: int = 16
+    worker_buffer_size: int = 2
     read_threads: int = 1
     use_difficult: bool = False
     normalization: Normalization = TORCHVISION
@@ -84,8 +91,8 @@ class PipelineConfig:
                 raise ValueError(f"PipelineConfig.{name} must be positive, got {getattr(self, name)}")
         if not 0 <= self.seed < 2**32:
             raise ValueError(f"PipelineConfig.seed must be in [0, 2**32), got {self.seed}")
-        if self.num_workers < 0 or self.read_threads < 1:
-            raise ValueError("PipelineConfig: num_workers must be >= 0 and read_threads >= 1")
+        if self.num_workers < 0 or self.read_threads < 1 or self.worker_buffer_size < 1:
+            raise ValueError("PipelineConfig: num_workers must be >= 0, read_threads and worker_buffer_size >= 1")
         if self.canvas < 0 or self.canvas % 8:
             raise ValueError(f"PipelineConfig.canvas must be 0 or a positive multiple of 8, got {self.canvas}")
 
@@ -144,53 +151,67 @@ def _allow_grain_workers() -> None:
 
 
 class _TrainLoader:
-    """Stream position + shard position -> one training element (runs in workers)."""
+    """Batch index + its B shard positions -> one training batch (runs in workers)."""
 
-    def __init__(self, records: Sequence[Record], shard: np.ndarray, config: PipelineConfig):
+    def __init__(self, records: Sequence[Record], shard: np.ndarray, order: grain.MapDataset, config: PipelineConfig):
         self._records = records
         self._shard = shard
+        self._order = order  # stream position -> shard position (the shuffled epochs)
         self._config = config
 
-    def __call__(self, index: int, pos: int) -> dict[str, Any]:
+    def _element(self, record_index: int, epoch: int, *extra_seed: int) -> dict[str, Any]:
+        """One record's training element; raises ``ImageLoadError``."""
         c = self._config
-        epoch = index // len(self._shard)
-        record_index = int(self._shard[pos])
         record = self._records[record_index]
-        rng = np.random.default_rng([c.seed, record_index, epoch])
-        try:
-            if c.canvas:
-                canvas, size = load_canvas(record, c.canvas, c.canvas)
-            else:
-                image = load_image(record)
-        except ImageLoadError as e:
-            if c.strict:
-                raise
-            return {"ok": False, "error": str(e), "record": record_index}
+        if c.canvas:
+            canvas, size = load_canvas(record, c.canvas, c.canvas)
+        else:
+            image = load_image(record)
         keep = np.ones(record.num_objects, bool) if c.use_difficult else ~record.difficult
         boxes, labels = record.boxes[keep], record.labels[keep]
         if c.canvas:  # the device augments; the boxes are normalised to the image
             scale = np.asarray([record.width, record.height] * 2, np.float32)
             boxes, labels, dropped = pad_objects(boxes / scale, labels, c.max_boxes)
-            return {"image": canvas, "size": size, "boxes": boxes, "labels": labels, "ok": True,
-                    "dropped": dropped, "record": record_index}
+            return {"image": canvas, "size": size, "boxes": boxes, "labels": labels, "dropped": dropped}
         if c.augment is not None:
-            image, boxes, labels = ssd_augment(
-                image, boxes, labels, rng, c.augment, fill=c.normalization.mean_pixel
-            )
+            rng = np.random.default_rng([c.seed, record_index, epoch, *extra_seed])
+            image, boxes, labels = ssd_augment(image, boxes, labels, rng, c.augment, fill=c.normalization.mean_pixel)
         image, boxes, labels = resize(image, boxes, labels, size=c.image_size)
         boxes, labels, dropped = pad_objects(boxes / np.float32(c.image_size), labels, c.max_boxes)
-        return {
-            "image": c.normalization(image),
-            "boxes": boxes,
-            "labels": labels,
-            "ok": True,
-            "dropped": dropped,
-            "record": record_index,
-        }
+        return {"image": c.normalization(image), "boxes": boxes, "labels": labels, "dropped": dropped}
+
+    def __call__(self, batch_index: int, positions: np.ndarray) -> dict[str, Any]:
+        n = len(self._shard)
+        elements, skipped, dropped = [], [], []
+        for k, pos in enumerate(positions):
+            index = batch_index * len(positions) + k  # position in the stream
+            epoch = index // n
+            # A failed image's slot goes to the next record of the epoch's order that loads,
+            # with an augmentation draw of its own (the slot's stream position in its seed).
+            for attempt in range(n):
+                pos_k = int(pos) if attempt == 0 else int(self._order[epoch * n + (index + attempt) % n])
+                record_index = int(self._shard[pos_k])
+                try:
+                    element = self._element(record_index, epoch, *((index,) if attempt else ()))
+                    break
+                except ImageLoadError as e:
+                    if self._config.strict:
+                        raise
+                    skipped.append((record_index, str(e)))
+            else:
+                raise ImageLoadError(f"none of the {n} images of this host's shard loads")
+            if element["dropped"]:
+                dropped.append((record_index, int(element["dropped"])))
+            elements.append(element)
+        keys = ("image", "size", "boxes", "labels") if self._config.canvas else ("image", "boxes", "labels")
+        batch: dict[str, Any] = {k: np.stack([e[k] for e in elements]) for k in keys}
+        batch["events"] = {"skipped": skipped, "dropped": dropped}
+        return batch
 
 
 class _Monitor:
-    """Main-process step: drops failed records and counts what was lost, with warnings."""
+    """Main-process step: warns, with running counts, of the batch's failed images and
+    dropped objects, and strips that record from the batch."""
 
     def __init__(self, source_name: str, max_boxes: int):
         self.source_name = source_name
@@ -198,26 +219,60 @@ class _Monitor:
         self.skipped_images = 0
         self.dropped_objects = 0
 
-    def keep(self, element: dict[str, Any]) -> bool:
-        if element["ok"]:
-            return True
-        self.skipped_images += 1
-        logger.warning(
-            "%s: skipping record #%d of the source: %s (%d image(s) skipped so far)",
-            self.source_name, element["record"], element["error"], self.skipped_images,
-        )  # fmt: skip
-        return False
-
-    def strip(self, element: dict[str, Any]) -> dict[str, np.ndarray]:
-        if element["dropped"]:
-            self.dropped_objects += int(element["dropped"])
+    def __call__(self, batch: dict[str, Any]) -> dict[str, np.ndarray]:
+        events = batch.pop("events")
+        for record_index, error in events["skipped"]:
+            self.skipped_images += 1
+            logger.warning(
+                "%s: skipping record #%d of the source (the next record that loads takes its slot): %s "
+                "(%d image(s) skipped so far)",
+                self.source_name, record_index, error, self.skipped_images,
+            )  # fmt: skip
+        for record_index, count in events["dropped"]:
+            self.dropped_objects += count
             logger.warning(
                 "%s: record #%d has more than max_boxes=%d objects; dropped %d "
                 "(%d object(s) dropped so far)",
-                self.source_name, element["record"], self.max_boxes, element["dropped"],
-                self.dropped_objects,
+                self.source_name, record_index, self.max_boxes, count, self.dropped_objects,
             )  # fmt: skip
-        return {k: element[k] for k in ("image", "size", "boxes", "labels") if k in element}
+        return batch
+
+
+class _Batches(grain.IterDataset):
+    """The training batches through the monitor; the iterator's state is grain's, under the
+    key ``"batch_stream"``."""
+
+    def __init__(self, parent: grain.IterDataset, monitor: _Monitor):
+        super().__init__(parent)
+        self._monitor = monitor
+
+    def __iter__(self) -> grain.DatasetIterator:
+        return _BatchesIterator(self._parent.__iter__(), self._monitor)
+
+
+class _BatchesIterator(grain.DatasetIterator):
+    def __init__(self, parent: grain.DatasetIterator, monitor: _Monitor):
+        super().__init__(parent)
+        self._monitor = monitor
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        return self._monitor(next(self._parent))
+
+    def get_state(self) -> dict[str, Any]:
+        return {"batch_stream": self._parent.get_state()}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Restore a position from :meth:`get_state`. A position without the
+        ``"batch_stream"`` key was saved by the earlier pipeline that counted images
+        (``{"next_index": images}``), not batches: read here it would silently start at
+        another batch, so it is refused."""
+        if set(state) != {"batch_stream"}:
+            raise ValueError(
+                f"this data position ({json.dumps(state)[:120]}) was not saved by this training "
+                "pipeline: positions saved before batches were built in the worker processes "
+                "count images, not batches. Resume that run with the version that started it"
+            )
+        self._parent.set_state(state["batch_stream"])
 
 
 def train_dataset(
@@ -247,13 +302,9 @@ def train_dataset(
     shard = shard_indices(len(source), pi, pc)
     if len(shard) == 0:
         raise ValueError(f"{source.name}: host {pi} of {pc} has no records ({len(source)} in all)")
-    loader = _TrainLoader(source.records, shard, config)
-    ds = (
-        grain.MapDataset.range(len(shard))
-        .shuffle(seed=config.seed)
-        .repeat(config.num_epochs)
-        .map_with_index(loader)
-    )
+    order = grain.MapDataset.range(len(shard)).shuffle(seed=config.seed).repeat(config.num_epochs)
+    loader = _TrainLoader(source.records, shard, order, config)
+    ds = order.batch(config.batch_size, drop_remainder=True).map_with_index(loader)
     it = ds.to_iter_dataset(
         grain.ReadOptions(num_threads=config.read_threads, prefetch_buffer_size=config.worker_buffer_size)
     )
@@ -264,8 +315,7 @@ def train_dataset(
                 num_workers=config.num_workers, per_worker_buffer_size=config.worker_buffer_size
             )
         )
-    monitor = _Monitor(source.name, config.max_boxes)
-    return it.filter(monitor.keep).map(monitor.strip).batch(config.batch_size, drop_remainder=True)
+    return _Batches(it, _Monitor(source.name, config.max_boxes))
 
 
 class _EvalLoader:

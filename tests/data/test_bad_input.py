@@ -158,14 +158,43 @@ def test_size_mismatch_with_annotation_is_an_error(broken):
         load_image(wrong)
 
 
-def test_training_skips_bad_images_with_a_counted_warning(broken, caplog):
-    cfg = PipelineConfig(image_size=16, batch_size=3, max_boxes=2, num_epochs=1)
+def test_training_gives_a_bad_images_slot_to_the_next_good_one_with_a_counted_warning(broken, caplog):
+    """6 records, 3 unreadable, batches of 3, one epoch: 2 full batches of good images;
+    each good image keeps its own slot, and every failed load is warned with a count."""
+    cfg = PipelineConfig(image_size=16, batch_size=3, max_boxes=2, num_epochs=1, augment=None)
     with caplog.at_level(logging.WARNING):
         batches = list(iter(train_dataset(broken, cfg, **HOST)))
-    assert len(batches) == 1 and batches[0]["image"].shape == (3, 16, 16, 3)  # 3 good images
+    assert [b["image"].shape for b in batches] == [(3, 16, 16, 3)] * 2
+    good = next(iter(eval_dataset(broken, PipelineConfig(image_size=16, batch_size=6, max_boxes=2), **HOST)))
+    good_images = good["image"][good["valid"]].reshape(3, -1)
+    seen = [int(np.flatnonzero((good_images == im.reshape(-1)).all(axis=1))[0])
+            for b in batches for im in b["image"]]  # raises if a slot holds no good image
+    assert sorted(set(seen)) == [0, 1, 2]
     msgs = [r.getMessage() for r in caplog.records if "skipping record" in r.getMessage()]
-    assert len(msgs) == 3 and "(3 image(s) skipped so far)" in msgs[-1]
+    assert len(msgs) >= 3 and f"({len(msgs)} image(s) skipped so far)" in msgs[-1]
+    assert {m.split("#")[1].split()[0] for m in msgs} == {"2", "4", "5"}  # records 3, 5, 6 (0-based 2, 4, 5)
     assert any("6.jpg: file not found" in m for m in msgs)
+
+
+def test_the_replacement_is_the_same_for_any_worker_count_and_a_shard_with_no_readable_image_raises(broken, tmp_path):
+    cfg = PipelineConfig(image_size=16, batch_size=3, max_boxes=2, num_epochs=2)
+    ref = list(iter(train_dataset(broken, cfg, **HOST)))
+    it = iter(train_dataset(broken, PipelineConfig(**{**cfg.__dict__, "num_workers": 2}), **HOST))
+    try:
+        two = list(it)
+    finally:
+        it.close()
+    assert len(two) == len(ref) == 4
+    for a, b in zip(ref, two):
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k])
+    import dataclasses
+
+    from ssd_jax.data.records import Source
+
+    unreadable = Source(tuple(broken.records[i] for i in (2, 4, 5)), broken.class_names, name="unreadable")
+    with pytest.raises(ImageLoadError, match="none of the 3 images of this host's shard loads"):
+        next(iter(train_dataset(unreadable, dataclasses.replace(cfg, batch_size=1), **HOST)))
 
 
 def test_strict_mode_raises(broken):

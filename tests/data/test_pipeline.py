@@ -252,3 +252,14 @@ def test_eval_one_pass_padded_with_valid_mask_and_indices(cache_dir):
     # no augmentation: two runs agree
     again = list(iter(eval_dataset(src, cfg, **HOST)))
     assert_same(batches, again)
+
+
+def test_a_position_counted_in_images_is_refused(train_src):
+    """The pipeline before whole batches were built in the workers saved
+    ``{"next_index": images}``; read as batches it would start elsewhere, silently."""
+    it = iter(train_dataset(train_src, CFG, **HOST))
+    take(it, 2)
+    assert set(it.get_state()) == {"batch_stream"}
+    fresh = iter(train_dataset(train_src, CFG, **HOST))
+    with pytest.raises(ValueError, match="count images, not batches"):
+        fresh.set_state({"next_index": 8})
