@@ -11,25 +11,32 @@ process so one failure or timeout leaves the others' numbers:
 
 ``jax`` cases, in this order (results are rewritten to ``--out`` after each one):
 
-(order: bf16 train, bf16 inference, f32 train, e2e, ssdlite, predict, wgrad)
+(order: bf16 train, bf16 inference, f32 train, files, augcost, ssdlite, predict, wgrad;
+``--parts`` picks among them, ``--batch-sizes`` sets the train rows' batches, default 32,64)
 
 * ``train`` SSD300-VGG16, 21 classes: the project's real train step (``match_batch`` +
   ``multibox_loss`` + SGD-momentum with weight decay, jitted with the state donated),
-  bf16 and f32 compute at batch 32 and 64. Data from memory: one fixed batch already on
-  the device (random image, 8 random boxes per image).
+  bf16 compute (``f32``: f32 compute) at batch 32 and 64. Data from memory: one fixed
+  batch already on the device (random image, 8 random boxes per image).
 * ``infer`` the network alone (inference mode), bf16, batch 32 / 64 / 1; ``predict`` the
   network + ``postprocess.detect`` (per-class NMS, 200 detections) at batch 32.
 * ``ssdlite`` SSDLite-MobileNetV2 320px train step, bf16, batch 64.
 * ``wgrad`` the bf16 batch-32 train step with the CPU's shifted-matmul kernel gradient forced
   on (``resolve_conv_choices("shifted")``): checks that GPUs are right to keep cuDNN's.
-* ``e2e`` bf16 batch 32 train step fed by the grain pipeline (built-in dataset, 300px, full
-  augmentation, ``--workers`` processes): data included.
+* ``files`` the bf16 train step fed by the grain pipeline from files (``--workers``
+  processes, 300 px, full SSD augmentation), data included: the built-in set and VOC-size
+  JPEGs (500x375, written on the machine; ``--files``), the augmentation on the host
+  (float batches) and on the device (uint8 canvases, augmentation compiled into the step).
+  Timing starts once the step has run for 2 s, so what the workers buffered during the
+  compilation is not counted.
+* ``augcost`` the bf16 step with the device augmentation on a canvas batch in memory
+  (512 px canvases): with ``train``, the time the augmentation adds to a step.
 
 MFU: the step's FLOPs from XLA's HLO cost analysis of the lowered step, over the step time and
 the card's dense bf16 peak (H100/H200 SXM: 989 TFLOP/s; f32 rows use the same peak, so
 they read as a fraction of what bf16 could do).
 
-``--tiny``: batch 2, two steps, bf16 and f32 train + inference only: a smoke test of the
+``--tiny``: batch 2, one step per case, the built-in set cut to 64 images: a smoke test of the
 script on a CPU (no meaningful numbers).
 """
 
@@ -179,9 +186,13 @@ def jax_train_case(model_name: str, batch: int, dtype: str, steps: int, seconds:
         holder[0], metrics = compiled(holder[0], next_batch())
         return metrics["loss"]
 
-    for _ in range(3):  # warm-up (autotuning, allocator)
-        loss = run_one()
-    jax.block_until_ready(loss)
+    t_warm = time.perf_counter()
+    while True:  # warm-up (autotuning, allocator); from a pipeline, also drain what it buffered meanwhile
+        for _ in range(3):
+            loss = run_one()
+        jax.block_until_ready(loss)
+        if source_iter is None or time.perf_counter() - t_warm >= min(seconds, 2.0):
+            break
     step_s, n = _time_steps(run_one, steps, seconds)
     final_loss = float(run_one())
     device = jax.devices()[0]
@@ -250,18 +261,16 @@ def cmd_jax(args) -> None:
     print(json.dumps(info), flush=True)
     tiny = args.tiny
     steps, seconds = (1, 0.0) if tiny else (args.steps, args.seconds)
-    b = (2, 2) if tiny else (32, 64)
+    b = (2, 2) if tiny else tuple(int(n) for n in args.batch_sizes.split(","))
     plan = []  # most wanted first: a timeout cuts the tail
     if "train" in args.parts:
         plan += [("train", "ssd300_vgg16", n, "bf16") for n in b]
     if "infer" in args.parts:
         plan += [("infer", "ssd300_vgg16", n, "bf16") for n in ((2,) if tiny else (32, 64, 1))]
-    if "train" in args.parts:
+    if "f32" in args.parts:
         plan += [("train", "ssd300_vgg16", n, "f32") for n in b]
-    if "e2e" in args.parts:
-        plan += [("e2e", "ssd300_vgg16", b[0], "bf16")]
     if "files" in args.parts:  # from files, both augmentation modes, built-in and VOC-size JPEGs
-        plan += [(f"files-{where}-{files}", "ssd300_vgg16", n, "bf16") for files in ("builtin", "voc")
+        plan += [(f"files-{where}-{files}", "ssd300_vgg16", n, "bf16") for files in args.files.split(",")
                  for where in ("device", "host") for n in b]
     if "augcost" in args.parts:  # the device augmentation inside the step, batches in memory
         plan += [("augcost", "ssd300_vgg16", n, "bf16") for n in b]
@@ -281,8 +290,6 @@ def cmd_jax(args) -> None:
             elif part == "wgrad":
                 row = jax_train_case(model_name, batch, dtype, steps, seconds, wgrad="shifted")
                 row["kind"] = "train, shifted-matmul wgrad"
-            elif part == "e2e":
-                row = _e2e_case(model_name, batch, dtype, steps, seconds, args)
             elif part.startswith("files-"):
                 _, where, files = part.split("-")
                 row = _e2e_case(model_name, batch, dtype, steps, seconds, args,
@@ -484,7 +491,12 @@ def cmd_table(args) -> None:
     for path in args.files:
         for p in glob.glob(path):
             with open(p) as f:
-                parts[os.path.basename(p).split(".")[0].split("_")[-1]] = json.load(f)  # [prefix_]jax.json
+                loaded = json.load(f)
+            key = os.path.basename(p).split(".")[0].split("_")[-1]  # [prefix_]jax.json
+            if key in parts:  # several files of one part (e.g. two jax runs): one table
+                parts[key]["cases"] += loaded["cases"]
+            else:
+                parts[key] = loaded
     jx, tv, data = parts.get("jax"), parts.get("torch"), parts.get("data")
     if jx:
         i = jx["info"]
@@ -512,6 +524,23 @@ def cmd_table(args) -> None:
         print(f"| {r['kind']}{' (' + where + ')' if where else ''} | {r['model']} | "
               f"{r['batch']} | {r['dtype']} | {_fmt(r['imgs_per_s'])} | {_fmt(r['step_ms'])} | {_fmt(r['compile_s'])} | "
               f"{_fmt(r['tflops_per_s'])} | {_fmt(r['mfu_bf16_peak'] * 100, '.1f')}% | {_fmt(ref)} | {_fmt(ratio, '.2f')} |")
+    memory = {(r["batch"], r["dtype"]): r for r in (jx or {}).get("cases", [])
+              if "error" not in r and r["kind"] == "train" and r["model"] == "ssd300_vgg16" and r.get("data") == "memory"
+              and r.get("augment_on", "none") == "none"}
+    fed = [r for r in (jx or {}).get("cases", []) if "error" not in r and r["kind"] == "train"
+           and (r.get("data") != "memory" or r.get("augment_on") == "device") and (r["batch"], r["dtype"]) in memory]
+    if fed:
+        print()
+        print("Against the same step on a batch in memory (same batch size and dtype):")
+        print()
+        print("| case | batch | img/s | step from memory img/s | ratio | ms added per step |")
+        print("|---|---:|---:|---:|---:|---:|")
+        for r in fed:
+            ref = memory[(r["batch"], r["dtype"])]
+            what = ", ".join(x for x in (r.get("files") or "batch in memory", f"{r.get('workers')} workers" if r.get("workers") else None,
+                                         f"augmentation on the {r.get('augment_on')}") if x)
+            print(f"| {what} | {r['batch']} | {_fmt(r['imgs_per_s'])} | {_fmt(ref['imgs_per_s'])} | "
+                  f"{_fmt(r['imgs_per_s'] / ref['imgs_per_s'], '.2f')} | {_fmt(r['step_ms'] - ref['step_ms'], '.2f')} |")
     if tv:
         print()
         print("| torchvision case | batch | dtype | img/s | step ms |")
@@ -545,7 +574,9 @@ def main(argv=None) -> None:
         p.add_argument("--workers", type=int, default=16)
         p.add_argument("--batches", type=int, default=60)
         p.add_argument("--cache-dir", default=None)
-        p.add_argument("--parts", default="train,infer,ssdlite,wgrad,e2e,files,augcost")
+        p.add_argument("--parts", default="train,infer,f32,files,augcost,ssdlite,wgrad")
+        p.add_argument("--batch-sizes", default="32,64", help="jax: the train rows' batch sizes")
+        p.add_argument("--files", default="builtin,voc", help="jax: the 'files' rows' data (built-in, VOC-size JPEGs)")
         p.add_argument("--canvas", type=int, default=0,
                        help="canvas side of the device-augmentation rows (0: the dataset's, as data.canvas_size=0)")
     p = sub.add_parser("hloflops")

@@ -166,12 +166,12 @@ def augment_on(data: DataConfig, backend: str | None = None) -> str:
     """Where the training augmentation runs, ``"host"`` or ``"device"``: ``data.augment_on``,
     or for ``"auto"`` the default of ``backend`` (``jax.default_backend()`` when None).
 
-    On a GPU or TPU the device: with the augmentation on the host, 16 workers fed an H200's
-    SSD300 bf16 step at a quarter of its speed from memory, and the device path's host part
-    (decode into a canvas) is 13.8x faster per worker on VOC-size JPEGs
-    (``benchmarks/README.md``). On the CPU the host: the step and the augmentation share the
-    same cores there, and the main job took 1.43x the time with the augmentation in the
-    step (the host pipeline prepares the next batch while the step runs).
+    On a GPU or TPU the device: on one H200 with 16 workers, the SSD300 bf16 step from
+    VOC-size JPEGs ran at 0.95x its speed from memory with the augmentation in the step and
+    at 0.20x with it on the host (``benchmarks/README.md``, GPU figures). On the CPU the
+    host: the step and the augmentation share the same cores there, and the main job took
+    1.43x the time with the augmentation in the step (the host pipeline prepares the next
+    batch while the step runs).
     """
     if data.augment_on != "auto":
         return data.augment_on
