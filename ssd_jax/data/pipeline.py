@@ -211,7 +211,7 @@ class _TrainLoader:
 
 class _Monitor:
     """Main-process step: warns, with running counts, of the batch's failed images and
-    dropped objects, and strips that record from the batch."""
+    dropped objects (its ``"events"`` entry, which it removes)."""
 
     def __init__(self, source_name: str, max_boxes: int):
         self.source_name = source_name
