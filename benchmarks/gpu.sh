@@ -7,7 +7,8 @@
 # workers, and torchvision's SSD300 train step on the same card. Each part has its own time
 # limit so one stuck part leaves the others' numbers.
 #
-#   bash benchmarks/gpu.sh [OUT_DIR]      (default: $OUT, else gpu_out; everything, ~20 min)
+#   bash benchmarks/gpu.sh [OUT_DIR]      (default: $OUT, else gpu_out; everything: more than
+#                                         one 10-minute device call: split it with the knobs below)
 #
 # Knobs (environment): JAX_ARGS, extra arguments of the first jax run (e.g. "--parts
 # train,files,augcost --batch-sizes 32"); JAX64_ARGS, when set, a second jax run with these
