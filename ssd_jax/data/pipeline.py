@@ -310,12 +310,41 @@ def train_dataset(
     )
     if config.num_workers > 0:
         _allow_grain_workers()
+        _warn_if_shared_memory_is_short(config)
         it = it.mp_prefetch(
             grain.MultiprocessingOptions(
                 num_workers=config.num_workers, per_worker_buffer_size=config.worker_buffer_size
             )
         )
     return _Batches(it, _Monitor(source.name, config.max_boxes))
+
+
+def _warn_if_shared_memory_is_short(config: PipelineConfig, shm_dir: str = "/dev/shm") -> None:
+    """Warn when ``shm_dir`` has less room than the workers' batches may hold at once.
+
+    Each worker keeps up to ``worker_buffer_size`` finished batches for this process in
+    shared memory, plus the one it is handing over; a container's default
+    ``/dev/shm`` (Docker: 64 MB) is far smaller than that for 300-512 px images, and
+    running out can end a worker with a bus error rather than a message.
+    """
+    import shutil
+
+    side = config.canvas or config.image_size
+    image_bytes = side * side * 3 * (1 if config.canvas else 4)
+    need = (config.worker_buffer_size + 1) * config.num_workers * config.batch_size * image_bytes
+    try:
+        free = shutil.disk_usage(shm_dir).free
+    except OSError:  # no such folder (not Linux): nothing to check
+        return
+    if free < need:
+        logger.warning(
+            "%s has %.0f MB free, and %d workers may hold up to %.0f MB of batches there "
+            "(worker_buffer_size=%d + 1 batches of %d images of %dx%d each): a worker that runs "
+            "out may die with a bus error. Give the container more shared memory (docker run "
+            "--shm-size=...) or use fewer workers.",
+            shm_dir, free / 2**20, config.num_workers, need / 2**20, config.worker_buffer_size,
+            config.batch_size, side, side,
+        )  # fmt: skip
 
 
 class _EvalLoader:

@@ -263,3 +263,25 @@ def test_a_position_counted_in_images_is_refused(train_src):
     fresh = iter(train_dataset(train_src, CFG, **HOST))
     with pytest.raises(ValueError, match="count images, not batches"):
         fresh.set_state({"next_index": 8})
+
+
+def test_a_short_dev_shm_is_warned_of(tmp_path, monkeypatch, caplog):
+    """16 workers at batch 32 with 512 px canvases may hold 16 x 3 x 24 MiB in /dev/shm."""
+    import collections
+    import shutil
+
+    from ssd_jax.data import pipeline
+
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(64 * 2**20, 0, 64 * 2**20))
+    cfg = PipelineConfig(batch_size=32, num_workers=16, canvas=512)
+    with caplog.at_level(logging.WARNING):
+        pipeline._warn_if_shared_memory_is_short(cfg)
+    msgs = [r.getMessage() for r in caplog.records]
+    assert len(msgs) == 1 and "64 MB free" in msgs[0] and "up to 1152 MB" in msgs[0] and "--shm-size" in msgs[0]
+    caplog.clear()
+    monkeypatch.undo()
+    with caplog.at_level(logging.WARNING):
+        pipeline._warn_if_shared_memory_is_short(PipelineConfig(batch_size=4, num_workers=2, image_size=64))
+        pipeline._warn_if_shared_memory_is_short(cfg, shm_dir=str(tmp_path / "absent"))
+    assert not caplog.records  # 0.4 MB fits; a missing folder is not checked
