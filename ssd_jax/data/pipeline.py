@@ -34,6 +34,7 @@ import dataclasses
 import json
 import logging
 import math
+import shutil
 from typing import Any, Sequence
 
 import grain
@@ -203,60 +204,52 @@ class _TrainLoader:
             if element["dropped"]:
                 dropped.append((record_index, int(element["dropped"])))
             elements.append(element)
-        keys = ("image", "size", "boxes", "labels") if self._config.canvas else ("image", "boxes", "labels")
-        batch: dict[str, Any] = {k: np.stack([e[k] for e in elements]) for k in keys}
+        batch: dict[str, Any] = {k: np.stack([e[k] for e in elements]) for k in elements[0] if k != "dropped"}
         batch["events"] = {"skipped": skipped, "dropped": dropped}
         return batch
 
 
-class _Monitor:
-    """Main-process step: warns, with running counts, of the batch's failed images and
-    dropped objects (its ``"events"`` entry, which it removes)."""
+class _Batches(grain.IterDataset):
+    """The training batches as this process receives them (see :class:`_BatchesIterator`)."""
 
-    def __init__(self, source_name: str, max_boxes: int):
-        self.source_name = source_name
-        self.max_boxes = max_boxes
+    def __init__(self, parent: grain.IterDataset, source_name: str, max_boxes: int):
+        super().__init__(parent)
+        self._source_name = source_name
+        self._max_boxes = max_boxes
+
+    def __iter__(self) -> grain.DatasetIterator:
+        return _BatchesIterator(self._parent.__iter__(), self._source_name, self._max_boxes)
+
+
+class _BatchesIterator(grain.DatasetIterator):
+    """Warns, with running counts, of each batch's failed images and dropped objects (its
+    ``"events"`` entry, which it removes); its state is grain's under ``"batch_stream"``."""
+
+    def __init__(self, parent: grain.DatasetIterator, source_name: str, max_boxes: int):
+        super().__init__(parent)
+        self._source_name = source_name
+        self._max_boxes = max_boxes
         self.skipped_images = 0
         self.dropped_objects = 0
 
-    def __call__(self, batch: dict[str, Any]) -> dict[str, np.ndarray]:
+    def __next__(self) -> dict[str, np.ndarray]:
+        batch = next(self._parent)
         events = batch.pop("events")
         for record_index, error in events["skipped"]:
             self.skipped_images += 1
             logger.warning(
                 "%s: skipping record #%d of the source (the next record that loads takes its slot): %s "
                 "(%d image(s) skipped so far)",
-                self.source_name, record_index, error, self.skipped_images,
+                self._source_name, record_index, error, self.skipped_images,
             )  # fmt: skip
         for record_index, count in events["dropped"]:
             self.dropped_objects += count
             logger.warning(
                 "%s: record #%d has more than max_boxes=%d objects; dropped %d "
                 "(%d object(s) dropped so far)",
-                self.source_name, record_index, self.max_boxes, count, self.dropped_objects,
+                self._source_name, record_index, self._max_boxes, count, self.dropped_objects,
             )  # fmt: skip
         return batch
-
-
-class _Batches(grain.IterDataset):
-    """The training batches through the monitor; the iterator's state is grain's, under the
-    key ``"batch_stream"``."""
-
-    def __init__(self, parent: grain.IterDataset, monitor: _Monitor):
-        super().__init__(parent)
-        self._monitor = monitor
-
-    def __iter__(self) -> grain.DatasetIterator:
-        return _BatchesIterator(self._parent.__iter__(), self._monitor)
-
-
-class _BatchesIterator(grain.DatasetIterator):
-    def __init__(self, parent: grain.DatasetIterator, monitor: _Monitor):
-        super().__init__(parent)
-        self._monitor = monitor
-
-    def __next__(self) -> dict[str, np.ndarray]:
-        return self._monitor(next(self._parent))
 
     def get_state(self) -> dict[str, Any]:
         return {"batch_stream": self._parent.get_state()}
@@ -316,7 +309,7 @@ def train_dataset(
                 num_workers=config.num_workers, per_worker_buffer_size=config.worker_buffer_size
             )
         )
-    return _Batches(it, _Monitor(source.name, config.max_boxes))
+    return _Batches(it, source.name, config.max_boxes)
 
 
 def _warn_if_shared_memory_is_short(config: PipelineConfig, shm_dir: str = "/dev/shm") -> None:
@@ -327,8 +320,6 @@ def _warn_if_shared_memory_is_short(config: PipelineConfig, shm_dir: str = "/dev
     ``/dev/shm`` (Docker: 64 MB) is far smaller than that for 300-512 px images, and
     running out can end a worker with a bus error rather than a message.
     """
-    import shutil
-
     side = config.canvas or config.image_size
     image_bytes = side * side * 3 * (1 if config.canvas else 4)
     need = (config.worker_buffer_size + 1) * config.num_workers * config.batch_size * image_bytes

@@ -176,10 +176,14 @@ def test_training_gives_a_bad_images_slot_to_the_next_good_one_with_a_counted_wa
     assert any("6.jpg: file not found" in m for m in msgs)
 
 
-def test_the_replacement_is_the_same_for_any_worker_count_and_a_shard_with_no_readable_image_raises(broken, tmp_path):
+def test_the_replacement_is_the_same_for_any_worker_count_and_a_shard_with_no_readable_image_raises(broken):
+    import dataclasses
+
+    from ssd_jax.data.records import Source
+
     cfg = PipelineConfig(image_size=16, batch_size=3, max_boxes=2, num_epochs=2)
     ref = list(iter(train_dataset(broken, cfg, **HOST)))
-    it = iter(train_dataset(broken, PipelineConfig(**{**cfg.__dict__, "num_workers": 2}), **HOST))
+    it = iter(train_dataset(broken, dataclasses.replace(cfg, num_workers=2), **HOST))
     try:
         two = list(it)
     finally:
@@ -188,10 +192,6 @@ def test_the_replacement_is_the_same_for_any_worker_count_and_a_shard_with_no_re
     for a, b in zip(ref, two):
         for k in a:
             np.testing.assert_array_equal(a[k], b[k])
-    import dataclasses
-
-    from ssd_jax.data.records import Source
-
     unreadable = Source(tuple(broken.records[i] for i in (2, 4, 5)), broken.class_names, name="unreadable")
     with pytest.raises(ImageLoadError, match="none of the 3 images of this host's shard loads"):
         next(iter(train_dataset(unreadable, dataclasses.replace(cfg, batch_size=1), **HOST)))
