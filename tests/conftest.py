@@ -10,6 +10,13 @@ What is costly is made once per test run: the generated built-in dataset
 :data:`COMPILE_CACHE_MIN_SECS` (a persistent compilation cache in a temporary folder, which
 the subprocesses the tests start inherit through the environment). A program compiled
 again (each ``train_and_evaluate`` call jits its own step) is then read back instead.
+
+Compilation itself is most of the run's time, and at the tests' sizes XLA's backend
+optimisations cost more than they save: the run compiles with
+``JAX_DISABLE_MOST_OPTIMIZATIONS=1`` (backend optimisation level 0; the same programs, only
+less machine-code work, about a third less compile time), inherited by the subprocesses too.
+The comparisons against numbers recorded from torchvision and the CPU kernels' element-wise
+checks, whose tolerances were set on optimised code, ask for :func:`optimized_xla`.
 """
 
 from __future__ import annotations
@@ -35,24 +42,66 @@ COMPILE_CACHE_MIN_SECS = 0.3
 _compile_cache: str | None = None
 
 
+#: JAX's switch for compiling with (almost) no backend optimisation.
+OPTIMIZATIONS_ENV = "JAX_DISABLE_MOST_OPTIMIZATIONS"
+
+_set_env: list[str] = []
+
+
 def pytest_configure(config):
-    """A fresh persistent compilation cache for this test run (a user's own cache folder
-    is left alone), set in the environment before any test imports JAX."""
+    """Set in the environment before any test imports JAX: compilation without backend
+    optimisations, unless the environment already says; a fresh persistent compilation
+    cache for this test run (a user's own cache folder is left alone)."""
     global _compile_cache
+    if OPTIMIZATIONS_ENV not in os.environ:
+        os.environ[OPTIMIZATIONS_ENV] = "1"
+        _set_env.append(OPTIMIZATIONS_ENV)
     if "JAX_COMPILATION_CACHE_DIR" in os.environ:
         return
     _compile_cache = tempfile.mkdtemp(prefix="ssd_jax_tests_xla_cache_")
     os.environ["JAX_COMPILATION_CACHE_DIR"] = _compile_cache
     os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = str(COMPILE_CACHE_MIN_SECS)
     os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+    _set_env.extend(["JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS",
+                     "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"])
 
 
 def pytest_unconfigure(config):
     if _compile_cache:
         shutil.rmtree(_compile_cache, ignore_errors=True)
-        for key in ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS",
-                    "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"):
-            os.environ.pop(key, None)
+    for key in _set_env:
+        os.environ.pop(key, None)
+
+
+@pytest.fixture
+def optimized_xla():
+    """XLA's usual backend optimisations for this test's compilations (the run compiles
+    without them): for comparisons whose tolerances were measured on optimised code.
+    Programs this process compiled before under the same key are not recompiled, so such
+    tests build their own."""
+    import jax
+
+    before = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", False)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_disable_most_optimizations", before)
+
+
+@pytest.fixture
+def no_compilation_cache_writes():
+    """Nothing this test compiles is written to the run's compilation cache: for programs
+    compiled once whose executables are large (an exported network carries its weights as
+    constants: about 100 MB to compress and write per program, for nothing)."""
+    import jax
+
+    before = jax.config.jax_persistent_cache_min_compile_time_secs
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", float("inf"))
+    try:
+        yield
+    finally:
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", before)
 
 
 # ----------------------------------------------------------------------------- processes

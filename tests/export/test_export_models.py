@@ -13,7 +13,7 @@ from ssd_jax.models import ssd
 
 
 @pytest.mark.slow
-def test_ssd300_vgg16_exports_with_the_jax_detections(tmp_path, assert_same_detections):
+def test_ssd300_vgg16_exports_with_the_jax_detections(tmp_path, assert_same_detections, no_compilation_cache_writes):
     model = models.build_model("ssd300_vgg16", 20, rngs=nnx.Rngs(0))  # synthetic (random) weights
     graphdef, params, state = ssd.split(model)
     spec = model.spec

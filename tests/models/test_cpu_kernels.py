@@ -54,6 +54,7 @@ CASES = [  # batch, height, width, channels, kernel, stride, padding, dilation
 
 
 @pytest.mark.parametrize("b,h,w,c,k,stride,padding,dilation", CASES)
+@pytest.mark.usefixtures("optimized_xla")
 def test_depthwise_gradients_match_grouped_conv(kernels, b, h, w, c, k, stride, padding, dilation):
     rng = np.random.default_rng(k * 100 + h)
     x = jnp.asarray(rng.standard_normal((b, h, w, c)), jnp.float32)
@@ -97,6 +98,7 @@ def test_bad_shapes_are_clear_errors(kernels):
 
 
 @pytest.mark.parametrize("k,stride", [(3, 1), (3, 2), (5, 1), (5, 2)])
+@pytest.mark.usefixtures("optimized_xla")
 def test_depthwise_conv2d_with_and_without_kernels(kernels, k, stride):
     """``depthwise_conv2d`` (NHWC, float32, CPU) differentiates through the kernels when they
     are on, and gives the pure-JAX path's values and gradients."""

@@ -49,6 +49,7 @@ def run(model, x_nhwc):
     return jax.jit(lambda m, x: m(x))(model, jnp.asarray(x_nhwc))
 
 
+@pytest.mark.usefixtures("optimized_xla")
 def test_ssd300_matches_recorded_torchvision_outputs():
     sw = _synthetic()
     ref = np.load(FIXTURE)
@@ -155,6 +156,7 @@ def test_reading_pth_without_torch_says_how_to_install(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("optimized_xla")
 def test_ssd300_matches_live_torchvision():
     torch = pytest.importorskip("torch", reason="torch not installed (pip install -e '.[torch]'); the committed fixture covers the mapping")
     torchvision = pytest.importorskip("torchvision", reason="torchvision not installed (pip install -e '.[torch]')")
@@ -175,6 +177,7 @@ def run_eval(model, x_nhwc):
     return jax.jit(lambda p, s, x: models.apply(g, p, s, x, train=False)[0])(p, s, jnp.asarray(x_nhwc))
 
 
+@pytest.mark.usefixtures("optimized_xla")
 def test_ssdlite_v3_matches_recorded_torchvision_outputs():
     """The committed fixture: torchvision's ``ssdlite320_mobilenet_v3_large`` (the state
     dict's layout and its outputs for numpy-generated weights, batch-norm statistics
@@ -228,6 +231,7 @@ def test_convert_ssdlite_records_its_statistics_and_inputs(tmp_path, monkeypatch
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("optimized_xla")
 def test_ssdlite_v3_matches_live_torchvision():
     torch = pytest.importorskip("torch", reason="torch not installed (pip install -e '.[torch]'); the committed fixture covers the mapping")
     torchvision = pytest.importorskip("torchvision", reason="torchvision not installed (pip install -e '.[torch]')")
@@ -339,6 +343,7 @@ def assert_step_matches(metrics, flat, losses, names, before, values32, values64
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("optimized_xla")
 def test_one_training_step_matches_recorded_torchvision_step():
     """The committed fixture (``fixtures/make_torchvision_ssdlite_step_fixture.py``):
     torchvision's own training step (``model(images, targets)``, backward, ``SGD.step``)
@@ -360,6 +365,7 @@ def test_one_training_step_matches_recorded_torchvision_step():
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("optimized_xla")
 def test_one_training_step_matches_live_torchvision():
     pytest.importorskip("torch", reason="torch not installed (pip install -e '.[torch]'); the committed fixture covers the step")
     torchvision = pytest.importorskip("torchvision", reason="torchvision not installed (pip install -e '.[torch]')")

@@ -161,6 +161,7 @@ def _fixture_case(data, name):
 
 
 @pytest.mark.parametrize("name", ["default", "small_k", "sparse"])
+@pytest.mark.usefixtures("optimized_xla")
 def test_matches_torchvision_fixture(name):
     fixture = _load_fixture_module()
     priors = fixture.anchors.generate(fixture.SPEC)
@@ -171,6 +172,7 @@ def test_matches_torchvision_fixture(name):
     assert_same_detections(dets, expected, atol_box=2e-6 * 300, atol_score=1e-6)
 
 
+@pytest.mark.usefixtures("optimized_xla")
 def test_matches_torchvision_live():
     pytest.importorskip("torch")
     pytest.importorskip("torchvision")
