@@ -76,20 +76,25 @@ def pytest_unconfigure(config):
         os.environ.pop(key, None)
 
 
+def _jax_config(name, value):
+    """JAX setting ``name`` at ``value`` until the generator resumes, then as before."""
+    import jax
+
+    before = jax.config.values[name]
+    jax.config.update(name, value)
+    try:
+        yield
+    finally:
+        jax.config.update(name, before)
+
+
 @pytest.fixture
 def optimized_xla():
     """XLA's usual backend optimisations for this test's compilations (the run compiles
     without them): for comparisons whose tolerances were measured on optimised code.
     Programs this process compiled before under the same key are not recompiled, so such
     tests build their own."""
-    import jax
-
-    before = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", False)
-    try:
-        yield
-    finally:
-        jax.config.update("jax_disable_most_optimizations", before)
+    yield from _jax_config("jax_disable_most_optimizations", False)
 
 
 @pytest.fixture
@@ -97,14 +102,7 @@ def no_compilation_cache_writes():
     """Nothing this test compiles is written to the run's compilation cache: for programs
     compiled once whose executables are large (an exported network carries its weights as
     constants: about 100 MB to compress and write per program, for nothing)."""
-    import jax
-
-    before = jax.config.jax_persistent_cache_min_compile_time_secs
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", float("inf"))
-    try:
-        yield
-    finally:
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", before)
+    yield from _jax_config("jax_persistent_cache_min_compile_time_secs", float("inf"))
 
 
 # ----------------------------------------------------------------------------- processes
